@@ -1,0 +1,20 @@
+"""Test setup: 8 host CPU devices, set before JAX starts (DESIGN section 5)."""
+
+import os
+
+os.environ["XLA_FLAGS"] = " ".join(
+  [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+  """Fresh random inputs for every run; the seed is printed when a test fails so it can be replayed."""
+  seed = int(os.environ.get("TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+  request.node.user_properties.append(("seed", seed))
+  print(f"TEST_SEED={seed}")
+  return np.random.default_rng(seed)

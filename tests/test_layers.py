@@ -1,0 +1,111 @@
+"""The NNX mixer: recurrent decoding equals the parallel forward, causality, its physical constants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from reference import future_leak, relative_error
+
+import wavefield_jax as wf
+from wavefield_jax import layers
+
+
+def make_mixer(seed: int, dim=32, heads=4, max_len=256, conv_width=4, dtype=jnp.float32):
+  return wf.WaveFieldMixer(dim, heads, max_len=max_len, conv_width=conv_width, dtype=dtype, rngs=nnx.Rngs(seed))
+
+
+def decode_token_by_token(mixer, x):
+  cache = mixer.init_cache(x.shape[0])
+  step = nnx.jit(lambda m, x_t, c: m.step(x_t, c))
+  outputs = []
+  for t in range(x.shape[1]):
+    y_t, cache = step(mixer, x[:, t], cache)
+    outputs.append(y_t)
+  return jnp.stack(outputs, axis=1), cache
+
+
+@pytest.mark.parametrize("length", [1, 5, 256])
+def test_token_by_token_equals_parallel_forward(rng, length):
+  mixer = make_mixer(int(rng.integers(1 << 30)))
+  x = rng.standard_normal((2, length, 32)).astype(np.float32)
+  parallel = mixer(x)
+  stepped, _ = decode_token_by_token(mixer, x)
+  assert parallel.shape == x.shape
+  assert relative_error(stepped, parallel) < 1e-4
+
+
+def test_prefill_then_steps_equals_parallel_forward(rng):
+  mixer = make_mixer(int(rng.integers(1 << 30)))
+  x = rng.standard_normal((3, 60, 32)).astype(np.float32)
+  head, cache = mixer.prefill(x[:, :41])
+  tail = []
+  for t in range(41, 60):
+    y_t, cache = mixer.step(x[:, t], cache)
+    tail.append(y_t)
+  got = jnp.concatenate([head, jnp.stack(tail, axis=1)], axis=1)
+  assert relative_error(got, mixer(x)) < 1e-4
+  # A prefill continued from a cache is the same as one prefill over everything.
+  first, cache = mixer.prefill(x[:, :2])
+  second, cache = mixer.prefill(x[:, 2:], cache)
+  assert relative_error(jnp.concatenate([first, second], axis=1), mixer(x)) < 1e-4
+
+
+def test_mixer_is_causal(rng):
+  mixer = make_mixer(int(rng.integers(1 << 30)), dim=16, heads=2)
+  x = rng.standard_normal((1, 20, 16)).astype(np.float32)
+  assert future_leak(lambda v: mixer(v), x) < 1e-6
+
+
+def test_mixer_has_exactly_three_constants_per_head():
+  mixer = make_mixer(0, dim=48, heads=6)
+  constants = jax.tree.leaves(nnx.state(mixer, wf.WaveParam))
+  assert sum(c.size for c in constants) == 3 * 6
+  everything = jax.tree.leaves(nnx.state(mixer, nnx.Param))
+  others = jax.tree.leaves(nnx.state(mixer, nnx.All(nnx.Param, nnx.Not(wf.WaveParam))))
+  assert sum(a.size for a in everything) == sum(a.size for a in others) + 18
+
+
+def test_initial_constants_span_the_scales():
+  mixer = make_mixer(1, dim=64, heads=8, max_len=1024)
+  speed, damping, phase = (np.asarray(a) for a in mixer.constants())
+  np.testing.assert_allclose(damping.min(), 1 / 1024, rtol=1e-5)
+  np.testing.assert_allclose(damping.max(), 1.0, rtol=1e-5)
+  assert np.all((speed > 0) & (speed <= np.pi + 1e-5)) and np.ptp(speed) > np.pi / 2
+  assert np.all((phase >= 0) & (phase < np.pi)) and np.ptp(phase) > np.pi / 2
+
+
+def test_short_conv_matches_a_direct_sum(rng):
+  x = rng.standard_normal((2, 9, 5)).astype(np.float32)
+  kernel = rng.standard_normal((3, 5)).astype(np.float32)
+  want = np.zeros_like(x)
+  for t in range(9):
+    for j in range(3):
+      if t - j >= 0:
+        want[:, t] += kernel[j] * x[:, t - j]
+  np.testing.assert_allclose(layers.causal_depthwise_conv(x, kernel), want, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_reach_the_physical_constants(rng):
+  mixer = make_mixer(2)
+  x = rng.standard_normal((2, 64, 32)).astype(np.float32)
+  grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(mixer)
+  for name in ("speed_raw", "damping_log", "phase"):
+    g = np.asarray(getattr(grads, name)[...])
+    assert np.all(np.isfinite(g)) and np.abs(g).max() > 0, name
+
+
+def test_bfloat16_mixer(rng):
+  mixer = make_mixer(3, dtype=jnp.bfloat16)
+  x = rng.standard_normal((2, 32, 32)).astype(np.float32)
+  y = mixer(jnp.asarray(x, jnp.bfloat16))
+  assert y.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(y, np.float32)))
+  reference = make_mixer(3)(x)
+  assert relative_error(np.asarray(y, np.float32), reference) < 5e-2
+
+
+def test_bad_mixer_config():
+  with pytest.raises(ValueError, match="divisible by num_heads"):
+    make_mixer(0, dim=30, heads=4)
+  with pytest.raises(ValueError, match="conv_width"):
+    make_mixer(0, conv_width=0)

@@ -1,0 +1,215 @@
+"""The pure physics functions against independent float64 references (DESIGN sections 1-2)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from reference import (
+  conv_f64,
+  field_f64,
+  future_leak,
+  kernel_f64,
+  random_constants,
+  random_problem,
+  relative_error,
+)
+
+import wavefield_jax as wf
+from wavefield_jax import physics
+
+
+@pytest.mark.parametrize("length", [1, 100, 4096, 65536])
+def test_kernel_matches_float64_formula(rng, length):
+  speed, damping, phase = random_constants(rng, 6)
+  # The hard corners: the smallest and largest damping, speeds next to 0 and pi.
+  damping[:2] = [1e-4, 5.0]
+  speed[2:4] = [1e-4, np.float32(np.pi) - 1e-4]
+  damping[2:4] = 1e-4
+  got = np.asarray(wf.wave_kernel(speed, damping, phase, length))
+  want = kernel_f64(speed, damping, phase, length)
+  assert got.shape == (6, length) and got.dtype == np.float32
+  for head in range(6):
+    assert relative_error(got[head], want[head]) < 1e-3, (head, speed[head], damping[head])
+
+
+def test_kernel_keeps_its_phase_at_long_range():
+  # At t ~ 64k the plain float32 product c*t is off by ~0.01 rad; the kernel must not be.
+  speed, damping, phase = np.float32([3.1]), np.float32([1e-5]), np.float32([0.3])
+  length = 65536
+  got = np.asarray(wf.wave_kernel(speed, damping, phase, length))[0, -4096:]
+  want = kernel_f64(speed, damping, phase, length)[0, -4096:]
+  assert relative_error(got, want) < 1e-4
+
+
+def test_field_is_the_toeplitz_matrix_of_the_kernel(rng):
+  speed, damping, phase = random_constants(rng, 3)
+  got = np.asarray(wf.wave_field(speed, damping, phase, 40))
+  np.testing.assert_allclose(got, field_f64(speed, damping, phase, 40), rtol=1e-4, atol=1e-7)
+  assert np.all(np.triu(got[0], k=1) == 0)
+
+
+@pytest.mark.parametrize("length", [1, 7, 64, 1000, 4097])
+def test_conv_matches_quadratic_field(rng, length):
+  small = length > 1000
+  B, H, K = (1, 2, 2) if small else tuple(rng.integers(1, 4, size=3))
+  u, speed, damping, phase = random_problem(rng, B=B, L=length, H=H, K=K)
+  got = wf.wave_conv(u, speed, damping, phase)
+  assert got.shape == u.shape and got.dtype == jnp.float32
+  assert relative_error(got, conv_f64(u, speed, damping, phase)) < 1e-3
+
+
+def test_fft_length_is_long_enough_for_a_linear_convolution():
+  for length in [1, 2, 3, 7, 64, 1000, 4097, 65536]:
+    n = wf.fft_length(length)
+    assert n >= 2 * length - 1
+    remainder = n
+    for p in (2, 3, 5):
+      while remainder % p == 0:
+        remainder //= p
+    assert remainder == 1, n
+
+
+@pytest.mark.parametrize("length", [1, 37, 512])
+def test_scan_matches_conv(rng, length):
+  u, speed, damping, phase = random_problem(rng, B=2, L=length, H=3, K=4)
+  want = wf.wave_conv(u, speed, damping, phase)
+  assert relative_error(wf.wave_scan(u, speed, damping, phase), want) < 1e-3
+  assert relative_error(want, conv_f64(u, speed, damping, phase)) < 1e-3
+
+
+@pytest.mark.parametrize("chunk_size", [1, 16, 50, 64, 300])
+def test_chunked_matches_conv_and_scan(rng, chunk_size):
+  u, speed, damping, phase = random_problem(rng, B=2, L=256, H=3, K=2)
+  want = conv_f64(u, speed, damping, phase)
+  chunked = wf.wave_conv(u, speed, damping, phase, chunk_size=chunk_size)
+  assert relative_error(chunked, want) < 1e-3
+  assert relative_error(chunked, wf.wave_scan(u, speed, damping, phase)) < 1e-3
+
+
+def test_chunked_returns_the_state_the_recurrence_reaches(rng):
+  u, speed, damping, phase = random_problem(rng, B=2, L=77, H=3, K=2)
+  initial = (rng.standard_normal((2, 3, 2)) + 1j * rng.standard_normal((2, 3, 2))).astype(np.complex64)
+  y, state = wf.wave_conv_chunked(u, speed, damping, phase, chunk_size=20, initial_state=initial)
+  # The recurrence written out in float64.
+  lam = np.exp(-damping.astype(np.float64) + 1j * speed.astype(np.float64))
+  norm = -np.expm1(-damping.astype(np.float64))
+  s, ys = initial.astype(np.complex128), []
+  for t in range(77):
+    s = lam[None, :, None] * s + u[:, t]
+    ys.append(norm[None, :, None] * np.real(np.exp(1j * phase.astype(np.float64))[None, :, None] * s))
+  assert relative_error(y, np.stack(ys, axis=1)) < 1e-4
+  assert relative_error(state, s) < 1e-4
+
+
+@pytest.mark.parametrize(
+  "name, fn",
+  [
+    ("conv", lambda u, c, g, p: wf.wave_conv(u, c, g, p)),
+    ("scan", lambda u, c, g, p: wf.wave_scan(u, c, g, p)),
+    ("chunked", lambda u, c, g, p: wf.wave_conv(u, c, g, p, chunk_size=7)),
+  ],
+)
+def test_output_never_depends_on_the_future(rng, name, fn):
+  u, speed, damping, phase = random_problem(rng, B=1, L=24, H=2, K=2)
+  damping[:] = [1e-3, 0.05]  # long memory: a wrap-around would be loud
+  assert future_leak(lambda x: fn(x, speed, damping, phase), u) < 1e-6, name
+
+
+def test_causality_check_catches_a_leaky_fft(rng):
+  u, speed, damping, phase = random_problem(rng, B=1, L=24, H=2, K=2)
+  damping[:] = [1e-3, 0.05]
+  kernel = wf.wave_kernel(speed, damping, phase, 24)
+
+  def circular(x):  # FFT length L < 2L - 1: the future wraps into the past
+    return physics._heads_back(physics._causal_fft_conv(physics._heads_last(x), kernel, n=24))
+
+  assert future_leak(circular, u) > 1e-2
+
+
+def test_gradients_through_constants_match_finite_differences(rng):
+  with jax.enable_x64(True):
+    u, speed, damping, phase = (np.float64(a) for a in random_problem(rng, B=2, L=50, H=3, K=2))
+    damping[0] = 1e-3
+    weights = rng.standard_normal(u.shape)
+
+    def losses(c, g, p):
+      return {
+        "conv": jnp.sum(weights * wf.wave_conv(u, c, g, p)),
+        "chunked": jnp.sum(weights * wf.wave_conv(u, c, g, p, chunk_size=16)),
+        "scan": jnp.sum(weights * wf.wave_scan(u, c, g, p)),
+        "kernel": jnp.sum(weights[0, :, :, 0].T * wf.wave_kernel(c, g, p, 50)),
+      }
+
+    def reference_loss(name, c, g, p):
+      if name == "kernel":
+        return np.sum(weights[0, :, :, 0].T * kernel_f64(c, g, p, 50))
+      return np.sum(weights * conv_f64(u, c, g, p))
+
+    constants = (speed, damping, phase)
+    for name in ("conv", "chunked", "scan", "kernel"):
+      grads = jax.grad(lambda *a, name=name: losses(*a)[name], argnums=(0, 1, 2))(*constants)
+      for which, (value, grad) in enumerate(zip(constants, grads, strict=True)):
+        assert grad.dtype == jnp.float64
+        for head in range(3):
+          eps = 1e-6 * max(1.0, abs(value[head]))
+          plus, minus = [list(constants) for _ in range(2)]
+          plus[which], minus[which] = value.copy(), value.copy()
+          plus[which][head] += eps
+          minus[which][head] -= eps
+          numeric = (reference_loss(name, *plus) - reference_loss(name, *minus)) / (2 * eps)
+          assert abs(grad[head] - numeric) <= 1e-5 * max(1.0, abs(numeric)), (name, which, head)
+
+
+def test_gradient_with_respect_to_sources_is_the_transposed_field(rng):
+  u, speed, damping, phase = random_problem(rng, B=1, L=30, H=2, K=1)
+  weights = rng.standard_normal(u.shape).astype(np.float32)
+  grad = jax.grad(lambda x: jnp.sum(weights * wf.wave_conv(x, speed, damping, phase)))(u)
+  want = np.einsum("hts,bthk->bshk", field_f64(speed, damping, phase, 30), weights)
+  assert relative_error(grad, want) < 1e-4
+
+
+def test_functions_jit(rng):
+  u, speed, damping, phase = random_problem(rng, B=1, L=33, H=2, K=3)
+  for fn in (wf.wave_conv, wf.wave_scan):
+    assert relative_error(jax.jit(fn)(u, speed, damping, phase), fn(u, speed, damping, phase)) < 1e-6
+  kernel = jax.jit(wf.wave_kernel, static_argnums=3)(speed, damping, phase, 33)
+  assert relative_error(kernel, kernel_f64(speed, damping, phase, 33)) < 1e-4
+
+
+def test_bfloat16_in_bfloat16_out(rng):
+  u, speed, damping, phase = random_problem(rng, B=2, L=300, H=4, K=8)
+  got = wf.wave_conv(jnp.asarray(u, jnp.bfloat16), speed, damping, phase)
+  assert got.dtype == jnp.bfloat16
+  want = wf.wave_conv(jnp.asarray(u, jnp.bfloat16).astype(jnp.float32), speed, damping, phase)
+  assert relative_error(got.astype(jnp.float32), want) < 1e-2  # bf16 keeps 8 bits of mantissa
+  assert wf.wave_scan(jnp.asarray(u, jnp.bfloat16), speed, damping, phase).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize(
+  "args, match",
+  [
+    (dict(speed=np.ones(3)), "same number of heads"),
+    (dict(damping=np.ones((4, 1))), "damping must be a 1-D"),
+    (dict(speed=np.array([1.0, -0.5, 1.0, 1.0])), "speed must be finite and > 0.*head 1"),
+    (dict(damping=np.array([0.1, 0.1, 0.0, 0.1])), "damping must be finite and > 0.*head 2"),
+    (dict(phase=np.array([0.0, np.nan, 0.0, 0.0])), "phase must be finite"),
+    (dict(u=np.ones((2, 5, 4))), "u must have shape \\[B, L, H, K\\]"),
+    (dict(u=np.ones((2, 5, 3, 2))), "u has 3 heads"),
+  ],
+)
+def test_bad_input_names_the_argument(rng, args, match):
+  u, speed, damping, phase = random_problem(rng, B=2, L=5, H=4, K=2)
+  call = dict(u=u, speed=speed, damping=damping, phase=phase) | args
+  for fn in (wf.wave_conv, wf.wave_scan):
+    with pytest.raises(ValueError, match=match):
+      fn(call["u"], call["speed"], call["damping"], call["phase"])
+
+
+def test_bad_length_and_chunk_size(rng):
+  u, speed, damping, phase = random_problem(rng, B=1, L=5, H=2, K=2)
+  with pytest.raises(ValueError, match="length must be a positive integer"):
+    wf.wave_kernel(speed, damping, phase, 0)
+  with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+    wf.wave_conv(u, speed, damping, phase, chunk_size=0)
+  with pytest.raises(ValueError, match="initial_state must have shape"):
+    wf.wave_scan(u, speed, damping, phase, initial_state=np.zeros((1, 2, 3), np.complex64))

@@ -1,0 +1,161 @@
+"""Flax NNX modules: they hold parameters and call the pure functions of `physics` for the math.
+
+Each mixer offers the same three calls, so a model can mix layer kinds freely:
+
+  mixer(x)                      -> y                parallel forward, [B, L, D] -> [B, L, D]
+  mixer.prefill(x, cache)       -> (y, cache)       parallel forward that also returns the decode cache
+  mixer.step(x_t, cache)        -> (y_t, cache)     one token, [B, D] -> [B, D]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wavefield_jax import physics
+
+Cache = dict[str, Any]
+
+
+class WaveParam(nnx.Param):
+  """A head's raw physical constant. `nnx.state(model, WaveParam)` finds exactly these, so an
+  optimizer can give them their own learning rate and no weight decay."""
+
+
+def causal_depthwise_conv(x: jax.Array, kernel: jax.Array, history: jax.Array | None = None) -> jax.Array:
+  """Short causal depthwise convolution along the sequence.
+
+  Args:
+    x: [B, L, C].
+    kernel: [W, C]; kernel[j] weighs the input j positions back.
+    history: optional [B, W-1, C], the inputs just before x (oldest first); zeros if None.
+
+  Returns:
+    [B, L, C]: y[:, t] = sum_j kernel[j] * x[:, t - j].
+  """
+  width = kernel.shape[0]
+  if history is None:
+    history = jnp.zeros((x.shape[0], width - 1, x.shape[2]), x.dtype)
+  padded = jnp.concatenate([history.astype(x.dtype), x], axis=1)  # [B, W-1+L, C]
+  length = x.shape[1]
+  return sum(kernel[j] * padded[:, width - 1 - j : width - 1 - j + length] for j in range(width))
+
+
+def conv_history(x: jax.Array, history: jax.Array) -> jax.Array:
+  """The last W-1 inputs after appending x [B, L, C] to history [B, W-1, C]."""
+  return jnp.concatenate([history.astype(x.dtype), x], axis=1)[:, x.shape[1] :]
+
+
+def inverse_softplus(y: np.ndarray) -> np.ndarray:
+  return y + np.log(-np.expm1(-y))
+
+
+def initial_constants(num_heads: int, max_len: int, rng: jax.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Heads spread across scales (DESIGN section 1).
+
+  Damping is geometric from 1/max_len (global heads, decay over the whole context) to 1 (local heads);
+  speeds are stratified over (0, pi] and phases over [0, pi), both shuffled so that speed and decay
+  length are not tied together.
+
+  Returns:
+    speed, damping, phase: [H] float64 NumPy arrays of physical values.
+  """
+  damping = np.geomspace(1.0 / max_len, 1.0, num_heads) if num_heads > 1 else np.array([1.0 / math.sqrt(max_len)])
+  speed_rng, phase_rng, order_rng = jax.random.split(rng, 3)
+  strata = (np.arange(num_heads) + np.asarray(jax.random.uniform(speed_rng, (num_heads,)))) / num_heads
+  speed = np.pi * np.maximum(strata, 1e-3)[np.asarray(jax.random.permutation(order_rng, num_heads))]
+  phase = np.pi * (np.arange(num_heads) + np.asarray(jax.random.uniform(phase_rng, (num_heads,)))) / num_heads
+  phase = phase[np.asarray(jax.random.permutation(jax.random.fold_in(order_rng, 1), num_heads))]
+  return speed, damping, phase
+
+
+class GatedOutput(nnx.Module):
+  """out_proj(z * silu(gate)): the output gate and projection every mixer ends with."""
+
+  def __init__(self, dim: int, *, dtype: Any, rngs: nnx.Rngs):
+    self.out_proj = nnx.Linear(dim, dim, use_bias=False, dtype=dtype, rngs=rngs)
+
+  def __call__(self, z: jax.Array, gate: jax.Array) -> jax.Array:
+    return self.out_proj(z * jax.nn.silu(gate))
+
+
+class WaveFieldMixer(nnx.Module):
+  """The Wave Field token mixer (H3/Hyena structure around the wave convolution).
+
+  q, k, v, g = proj(x); q, k, v go through a short causal depthwise conv; u = k * v is the source of
+  the damped wave field, y = wave_conv(u); the output is out_proj((q * y) * silu(g)).
+  Each head owns three trained constants (WaveParam): raw speed (softplus), log damping, phase.
+  """
+
+  def __init__(
+    self,
+    dim: int,
+    num_heads: int,
+    *,
+    max_len: int,
+    conv_width: int = 4,
+    dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    if dim % num_heads:
+      raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+    if conv_width < 1:
+      raise ValueError(f"conv_width must be >= 1; got {conv_width}")
+    self.dim, self.num_heads, self.conv_width, self.dtype = dim, num_heads, conv_width, dtype
+    self.in_proj = nnx.Linear(dim, 4 * dim, use_bias=False, dtype=dtype, rngs=rngs)  # q, k, v, gate
+    # The short conv starts as the identity plus noise: each of q, k, v first sees its own token.
+    noise = 0.1 * jax.random.normal(rngs.params(), (conv_width, 3 * dim)) / math.sqrt(conv_width)
+    self.conv_kernel = nnx.Param(noise.at[0].add(1.0))  # [W, 3D]
+    speed, damping, phase = initial_constants(num_heads, max_len, rngs.params())
+    self.speed_raw = WaveParam(jnp.asarray(inverse_softplus(speed), jnp.float32))  # [H]
+    self.damping_log = WaveParam(jnp.asarray(np.log(damping), jnp.float32))  # [H]
+    self.phase = WaveParam(jnp.asarray(phase, jnp.float32))  # [H]
+    self.output = GatedOutput(dim, dtype=dtype, rngs=rngs)
+
+  def constants(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The physical (speed, damping, phase), each [H], from the raw trained values."""
+    return jax.nn.softplus(self.speed_raw[...]), jnp.exp(self.damping_log[...]), self.phase[...]
+
+  def init_cache(self, batch_size: int) -> Cache:
+    head_dim = self.dim // self.num_heads
+    return {
+      "conv": jnp.zeros((batch_size, self.conv_width - 1, 3 * self.dim), self.dtype),
+      "wave": jnp.zeros((batch_size, self.num_heads, head_dim), jnp.complex64),
+    }
+
+  def _sources(self, x: jax.Array, history: jax.Array | None) -> tuple[jax.Array, ...]:
+    """Projections and short conv: q [B, L, H, K], u = k*v [B, L, H, K], gate [B, L, D], pre-conv qkv."""
+    batch, length, _ = x.shape
+    qkv, gate = jnp.split(self.in_proj(x), [3 * self.dim], axis=-1)  # [B, L, 3D], [B, L, D]
+    mixed = causal_depthwise_conv(qkv, self.conv_kernel[...].astype(qkv.dtype), history)
+    q, k, v = (a.reshape(batch, length, self.num_heads, -1) for a in jnp.split(mixed, 3, axis=-1))
+    return q, k * v, gate, qkv
+
+  def _readout(self, q: jax.Array, y: jax.Array, gate: jax.Array) -> jax.Array:
+    z = (q * y.astype(q.dtype)).reshape(gate.shape)  # [B, L, D]
+    return self.output(z, gate)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, L, D] -> [B, L, D], the FFT path."""
+    return self.prefill(x)[0]
+
+  def prefill(self, x: jax.Array, cache: Cache | None = None) -> tuple[jax.Array, Cache]:
+    """Parallel forward over x [B, L, D], continuing from `cache` if given; returns y and the new cache."""
+    if cache is None:
+      cache = self.init_cache(x.shape[0])
+    speed, damping, phase = self.constants()
+    q, u, gate, qkv = self._sources(x, cache["conv"])
+    y, state = physics.wave_conv_chunked(u, speed, damping, phase, initial_state=cache["wave"])
+    return self._readout(q, y, gate), {"conv": conv_history(qkv, cache["conv"]), "wave": state}
+
+  def step(self, x_t: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+    """One token [B, D] through the recurrence: O(1) in the context length."""
+    speed, damping, phase = self.constants()
+    q, u, gate, qkv = self._sources(x_t[:, None], cache["conv"])  # L = 1
+    state, y_t = physics.wave_step(cache["wave"], u[:, 0], speed, damping, phase)
+    return self._readout(q, y_t[:, None], gate)[:, 0], {"conv": conv_history(qkv, cache["conv"]), "wave": state}

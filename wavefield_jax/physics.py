@@ -1,0 +1,381 @@
+"""The damped wave field: kernels, the O(L^2) reference field and the fast causal paths.
+
+Every head is one normal mode of the damped wave equation `u_tt + 2 gamma u_t = c^2 u_xx`: a damped
+oscillator whose causal impulse response, sampled once per token, is
+
+  k_h(t) = (1 - exp(-gamma_h)) * exp(-gamma_h t) * cos(c_h t + phi_h),  t = 0, 1, 2, ...
+
+With `lambda_h = exp(-gamma_h + i c_h)` this is `k_h(t) = norm_h * Re(exp(i phi_h) lambda_h**t)`, so the
+same mixing runs three ways that agree to float32 rounding:
+
+- `wave_conv`: causal convolution by FFT, zero padded to at least 2L - 1 (training, prefill);
+- `wave_scan`: the recurrence `s_t = lambda s_{t-1} + u_t` (decoding, one `wave_step` per token);
+- `wave_conv(..., chunk_size=T)`: FFT inside chunks, the complex state carried across them (very
+  long or sequence-sharded inputs).
+
+Everything here is a pure function of arrays: jit-able and differentiable in every argument.
+Shapes: B batch, L length, H heads, K channels per head, F frequency bins, C chunks, T chunk length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _split_two_pi() -> tuple[float, float, float]:
+  """2*pi as three float32 parts (Cody-Waite); the first two have 8 and 12 significant bits, so
+  `n * part` is exact for the integers n met when reducing angles of a few thousand radians."""
+  parts, rest = [], 2 * math.pi
+  for bits in (8, 12):
+    scale = 2.0 ** (bits - 1 - math.floor(math.log2(rest)))
+    parts.append(round(rest * scale) / scale)
+    rest -= parts[-1]
+  return parts[0], parts[1], float(np.float32(rest))
+
+
+_TWO_PI_PARTS = _split_two_pi()
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _real_dtype(*arrays) -> jnp.dtype:
+  """float64 where any input is float64 (with jax_enable_x64), else float32: the FFT's precision."""
+  wide = jax.config.jax_enable_x64 and any(getattr(a, "dtype", None) == jnp.float64 for a in arrays)
+  return jnp.dtype(jnp.float64 if wide else jnp.float32)
+
+
+def _complex_dtype(real: jnp.dtype) -> jnp.dtype:
+  return jnp.dtype(jnp.complex128 if real == jnp.float64 else jnp.complex64)
+
+
+def _check_constants(speed, damping, phase, *others) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Validates the three [H] constants where the user's values enter; returns them in the compute
+  dtype (float32, or float64 when any argument, `others` included, is float64)."""
+  arrays = {"speed": speed, "damping": damping, "phase": phase}
+  for name, value in arrays.items():
+    if jnp.ndim(value) != 1:
+      raise ValueError(f"{name} must be a 1-D array of per-head values [H]; got shape {jnp.shape(value)}")
+  sizes = {name: jnp.shape(value)[0] for name, value in arrays.items()}
+  if len(set(sizes.values())) != 1:
+    raise ValueError(f"speed, damping and phase must have the same number of heads; got {sizes}")
+  if sizes["speed"] == 0:
+    raise ValueError("speed, damping and phase must hold at least one head; got H=0")
+  for name in ("speed", "damping"):
+    value = arrays[name]
+    if _is_concrete(value):
+      host = np.asarray(value, dtype=np.float64)
+      bad = ~(host > 0) | ~np.isfinite(host)
+      if bad.any():
+        head = int(np.argmax(bad))
+        raise ValueError(f"{name} must be finite and > 0 for every head; got {host[head]} at head {head}")
+  if _is_concrete(phase) and not np.isfinite(np.asarray(phase, dtype=np.float64)).all():
+    raise ValueError("phase must be finite for every head")
+  dtype = _real_dtype(speed, damping, phase, *others)
+  return tuple(jnp.asarray(a, dtype) for a in (speed, damping, phase))
+
+
+def _check_length(length: int) -> int:
+  if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 1:
+    raise ValueError(f"length must be a positive integer; got {length!r}")
+  return int(length)
+
+
+def _check_sources(u, num_heads: int, name: str = "u") -> None:
+  if jnp.ndim(u) != 4:
+    raise ValueError(f"{name} must have shape [B, L, H, K]; got rank {jnp.ndim(u)} shape {jnp.shape(u)}")
+  if jnp.shape(u)[2] != num_heads:
+    raise ValueError(f"{name} has {jnp.shape(u)[2]} heads on axis 2 but the constants have {num_heads}")
+  if jnp.shape(u)[1] == 0:
+    raise ValueError(f"{name} must hold at least one position; got shape {jnp.shape(u)}")
+  if not jnp.issubdtype(jnp.result_type(u), jnp.floating):
+    raise TypeError(f"{name} must be a floating point array; got dtype {jnp.result_type(u)}")
+
+
+def _check_state(state, u, real: jnp.dtype) -> jax.Array:
+  """The [B, H, K] complex state carried into u [B, L, H, K] (zeros if None)."""
+  batch, _, heads, channels = u.shape
+  if state is None:
+    return jnp.zeros((batch, heads, channels), _complex_dtype(real))
+  if jnp.shape(state) != (batch, heads, channels):
+    raise ValueError(f"initial_state must have shape [B, H, K] = {(batch, heads, channels)}; got {jnp.shape(state)}")
+  return jnp.asarray(state).astype(_complex_dtype(real))
+
+
+def _rotation_angle(speed: jax.Array, length: int, offset: int = 0) -> jax.Array:
+  """`speed * t` for t = offset, ..., offset + length - 1, accurate to ~1e-4 rad in float32.
+
+  The plain product loses the phase at large t (c*t ~ 2e5 at t = 64k has a float32 spacing of
+  0.016 rad). Writing t = a*M + b with M ~ sqrt(t) and reducing c*M modulo 2*pi first keeps both
+  products small. Its derivative with respect to `speed` is still exactly t.
+
+  Args:
+    speed: [H].
+    length, offset: static integers.
+
+  Returns:
+    [H, length] angles (not reduced to [0, 2*pi)).
+  """
+  last = offset + length - 1
+  block = 2 ** max(0, math.ceil(math.log2(math.sqrt(max(last, 1)))))
+  t = np.arange(offset, offset + length)
+  coarse = jnp.asarray(t // block, speed.dtype)  # [L]
+  fine = jnp.asarray(t % block, speed.dtype)  # [L]
+  turned = speed * block  # [H], exact: block is a power of two
+  turns = jax.lax.stop_gradient(jnp.round(turned / _TWO_PI_PARTS[0]))
+  for part in _TWO_PI_PARTS:
+    turned = turned - turns * part
+  return turned[:, None] * coarse[None, :] + speed[:, None] * fine[None, :]  # [H, L]
+
+
+def _norm(damping: jax.Array) -> jax.Array:
+  # 1 - exp(-gamma), without the cancellation that a plain subtraction suffers at small gamma.
+  return -jnp.expm1(-damping)
+
+
+def _rotation(phase: jax.Array) -> jax.Array:
+  """exp(i phase), [H] complex."""
+  return jax.lax.complex(jnp.cos(phase), jnp.sin(phase))
+
+
+def _powers(speed: jax.Array, damping: jax.Array, length: int, offset: int = 0) -> jax.Array:
+  """lambda**t = exp((-gamma + i c) t) for t = offset, ..., offset + length - 1, as [H, length] complex64."""
+  t = jnp.arange(offset, offset + length, dtype=speed.dtype)
+  angle = _rotation_angle(speed, length, offset)  # [H, L]
+  return jnp.exp(-damping[:, None] * t[None, :]) * jax.lax.complex(jnp.cos(angle), jnp.sin(angle))
+
+
+def wave_kernel(speed: jax.Array, damping: jax.Array, phase: jax.Array, length: int) -> jax.Array:
+  """The causal impulse response of each head.
+
+  Args:
+    speed, damping, phase: [H] physical constants (speed, damping > 0).
+    length: number of samples, t = 0, ..., length - 1.
+
+  Returns:
+    [H, length] float32: k[h, t] = (1 - exp(-damping)) exp(-damping t) cos(speed t + phase).
+  """
+  speed, damping, phase = _check_constants(speed, damping, phase)
+  length = _check_length(length)
+  t = jnp.arange(length, dtype=speed.dtype)
+  angle = _rotation_angle(speed, length) + phase[:, None]  # [H, L]
+  return _norm(damping)[:, None] * jnp.exp(-damping[:, None] * t[None, :]) * jnp.cos(angle)
+
+
+def wave_field(speed: jax.Array, damping: jax.Array, phase: jax.Array, length: int) -> jax.Array:
+  """The O(L^2) Toeplitz field W[h, t, s] = k[h, t - s] for s <= t, else 0. For reference and pictures.
+
+  Returns:
+    [H, length, length] float32.
+  """
+  kernel = wave_kernel(speed, damping, phase, length)  # [H, L]
+  lag = np.arange(length)[:, None] - np.arange(length)[None, :]  # [L, L]
+  return jnp.where(lag >= 0, kernel[:, np.clip(lag, 0, None)], 0.0)  # [H, L, L]
+
+
+def fft_length(length: int) -> int:
+  """The smallest 5-smooth size >= 2 * length - 1: a linear (not circular) convolution of `length` samples."""
+  need = max(1, 2 * length - 1)
+  best = 2 ** math.ceil(math.log2(need))
+  power3 = 1
+  while power3 < best:
+    power5 = power3
+    while power5 < best:
+      size = power5 * 2 ** max(0, math.ceil(math.log2(need / power5)))
+      best = min(best, size)
+      power5 *= 5
+    power3 *= 3
+  return best
+
+
+def _causal_fft_conv(u: jax.Array, kernel: jax.Array, n: int) -> jax.Array:
+  """y[..., t] = sum_{s <= t} kernel[h, t - s] u[..., s] along the last axis, by FFT of size n.
+
+  Args:
+    u: [B, H, K, L] float32.
+    kernel: [H, L] float32.
+    n: FFT size; n >= 2L - 1 keeps it causal.
+
+  Returns:
+    [B, H, K, L] float32.
+  """
+  length = u.shape[-1]
+  u_hat = jnp.fft.rfft(u, n=n, axis=-1)  # [B, H, K, F]
+  k_hat = jnp.fft.rfft(kernel, n=n, axis=-1)  # [H, F]
+  return jnp.fft.irfft(u_hat * k_hat[None, :, None, :], n=n, axis=-1)[..., :length]  # [B, H, K, L]
+
+
+def _heads_last(u: jax.Array) -> jax.Array:
+  return jnp.transpose(u, (0, 2, 3, 1))  # [B, L, H, K] -> [B, H, K, L]: the FFT wants L last
+
+
+def _heads_back(y: jax.Array) -> jax.Array:
+  return jnp.transpose(y, (0, 3, 1, 2))  # [B, H, K, L] -> [B, L, H, K]
+
+
+def wave_conv(
+  u: jax.Array,
+  speed: jax.Array,
+  damping: jax.Array,
+  phase: jax.Array,
+  *,
+  chunk_size: int | None = None,
+) -> jax.Array:
+  """Causal wave-field convolution along the sequence, by FFT.
+
+  Args:
+    u: [B, L, H, K] sources (float32 or bfloat16; the FFT runs in float32).
+    speed, damping, phase: [H] physical constants (speed, damping > 0).
+    chunk_size: if given, FFT inside chunks of this many positions with the recurrent state carried
+      across chunk boundaries: exact, and O(L * chunk_size) less memory per FFT for long inputs.
+
+  Returns:
+    [B, L, H, K] in the dtype of u: y[b, t, h] = sum_{s <= t} k_h(t - s) u[b, s, h].
+  """
+  speed, damping, phase = _check_constants(speed, damping, phase, u)
+  _check_sources(u, speed.shape[0])
+  if chunk_size is not None:
+    y, _ = wave_conv_chunked(u, speed, damping, phase, chunk_size)
+    return y
+  length = u.shape[1]
+  kernel = wave_kernel(speed, damping, phase, length)  # [H, L]
+  y = _causal_fft_conv(_heads_last(u.astype(kernel.dtype)), kernel, fft_length(length))
+  return _heads_back(y).astype(u.dtype)
+
+
+def wave_state(u: jax.Array, speed: jax.Array, damping: jax.Array) -> jax.Array:
+  """The recurrent state after the last position of u, started from zero.
+
+  Args:
+    u: [B, L, H, K] sources.
+    speed, damping: [H].
+
+  Returns:
+    [B, H, K] complex64: s = sum_s lambda**(L - 1 - s) u[:, s].
+  """
+  length = u.shape[1]
+  reversed_powers = _powers(speed, damping, length)[:, ::-1]  # [H, L]: lambda**(L-1-s)
+  return jnp.einsum("hl,blhk->bhk", reversed_powers, u.astype(reversed_powers.dtype))
+
+
+def state_response(state: jax.Array, speed: jax.Array, damping: jax.Array, phase: jax.Array, length: int) -> jax.Array:
+  """What the next `length` positions receive from a state carried in from before them.
+
+  Args:
+    state: [B, H, K] complex state after the previous position.
+    speed, damping, phase: [H].
+
+  Returns:
+    [B, length, H, K] float32: norm * Re(exp(i phase) lambda**(tau + 1) state), tau = 0, ..., length - 1.
+  """
+  powers = _powers(speed, damping, length, offset=1) * _rotation(phase)[:, None]  # [H, L]
+  return _norm(damping)[None, None, :, None] * jnp.real(jnp.einsum("hl,bhk->blhk", powers, state))
+
+
+def wave_conv_chunked(
+  u: jax.Array,
+  speed: jax.Array,
+  damping: jax.Array,
+  phase: jax.Array,
+  chunk_size: int | None = None,
+  initial_state: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """The chunked path: FFT inside each chunk, the complex state carried across chunk boundaries.
+
+  Args:
+    u: [B, L, H, K]; L need not be a multiple of chunk_size.
+    speed, damping, phase: [H].
+    chunk_size: T, positions per chunk; None for one chunk (plain FFT plus the carried state).
+    initial_state: optional [B, H, K] complex state from positions before u (e.g. another device).
+
+  Returns:
+    y: [B, L, H, K] in the dtype of u, and the [B, H, K] complex64 state after the last position.
+  """
+  speed, damping, phase = _check_constants(speed, damping, phase, u)
+  _check_sources(u, speed.shape[0])
+  batch, length, heads, channels = u.shape
+  if chunk_size is None:
+    chunk_size = length
+  if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
+    raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
+  chunk_size = min(int(chunk_size), length)
+  num_chunks = -(-length // chunk_size)
+  padded = num_chunks * chunk_size
+  # Zeros appended after the end change nothing before them: the convolution is causal.
+  x = jnp.pad(u.astype(speed.dtype), ((0, 0), (0, padded - length), (0, 0), (0, 0)))
+  x = x.reshape(batch, num_chunks, chunk_size, heads, channels)  # [B, C, T, H, K]
+  chunks = jnp.moveaxis(x, 1, 0)  # [C, B, T, H, K]
+
+  kernel = wave_kernel(speed, damping, phase, chunk_size)  # [H, T]
+  n = fft_length(chunk_size)
+  local = jax.vmap(lambda c: _heads_back(_causal_fft_conv(_heads_last(c), kernel, n)))(chunks)
+  local_states = jax.vmap(lambda c: wave_state(c, speed, damping))(chunks)  # [C, B, H, K]
+
+  # State entering chunk j: s_j = lambda**T s_{j-1} + z_{j-1}, a short scan over chunks.
+  hop = _powers(speed, damping, 1, offset=chunk_size)[:, 0]  # [H]: lambda**T
+  initial_state = _check_state(initial_state, u, speed.dtype)
+
+  def carry(state, chunk_state):
+    return hop[None, :, None] * state + chunk_state, state
+
+  _, entering = jax.lax.scan(carry, initial_state, local_states)  # [C, B, H, K]
+  incoming = jax.vmap(lambda s: state_response(s, speed, damping, phase, chunk_size))(entering)
+  y = jnp.moveaxis(local + incoming, 0, 1).reshape(batch, padded, heads, channels)[:, :length]
+  # The state after the real last position, not after the zero padding that follows it.
+  tail = length - (num_chunks - 1) * chunk_size
+  tail_hop = _powers(speed, damping, 1, offset=tail)[:, 0]  # [H]: lambda**tail
+  tail_sources = u[:, (num_chunks - 1) * chunk_size :]  # [B, tail, H, K]
+  final_state = tail_hop[None, :, None] * entering[-1] + wave_state(tail_sources, speed, damping)
+  return y.astype(u.dtype), final_state
+
+
+def wave_step(
+  state: jax.Array, u_t: jax.Array, speed: jax.Array, damping: jax.Array, phase: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """Advances the field by one token: O(1) time and memory whatever came before.
+
+  Args:
+    state: [B, H, K] complex state after the previous token (zeros before the first).
+    u_t: [B, H, K] source of the new token.
+    speed, damping, phase: [H].
+
+  Returns:
+    The new [B, H, K] complex64 state, and y_t [B, H, K] float32 = norm * Re(exp(i phase) state).
+  """
+  decay = _powers(speed, damping, 1, offset=1)[:, 0]  # [H]: lambda
+  state = decay[None, :, None] * state + u_t.astype(decay.dtype)
+  y_t = _norm(damping)[None, :, None] * jnp.real(_rotation(phase)[None, :, None] * state)
+  return state, y_t
+
+
+def wave_scan(
+  u: jax.Array,
+  speed: jax.Array,
+  damping: jax.Array,
+  phase: jax.Array,
+  initial_state: jax.Array | None = None,
+) -> jax.Array:
+  """The same y as `wave_conv`, by running the recurrence one position at a time (lax.scan).
+
+  Args:
+    u: [B, L, H, K] sources.
+    speed, damping, phase: [H].
+    initial_state: optional [B, H, K] complex state from before the first position.
+
+  Returns:
+    [B, L, H, K] in the dtype of u.
+  """
+  speed, damping, phase = _check_constants(speed, damping, phase, u)
+  _check_sources(u, speed.shape[0])
+  initial_state = _check_state(initial_state, u, speed.dtype)
+
+  def step(state, u_t):
+    return wave_step(state, u_t, speed, damping, phase)
+
+  _, y = jax.lax.scan(step, initial_state, jnp.moveaxis(u.astype(speed.dtype), 1, 0))  # y: [L, B, H, K]
+  return jnp.moveaxis(y, 0, 1).astype(u.dtype)

@@ -121,7 +121,9 @@ class WaveFieldMixer(nnx.Module):
     """The physical (speed, damping, phase), each [H], from the raw trained values."""
     return jax.nn.softplus(self.speed_raw[...]), jnp.exp(self.damping_log[...]), self.phase[...]
 
-  def init_cache(self, batch_size: int) -> Cache:
+  def init_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
+    """The decode cache: short-conv buffer and complex wave state; neither grows with `max_len`."""
+    del max_len
     head_dim = self.dim // self.num_heads
     return {
       "conv": jnp.zeros((batch_size, self.conv_width - 1, 3 * self.dim), self.dtype),
@@ -159,3 +161,116 @@ class WaveFieldMixer(nnx.Module):
     q, u, gate, qkv = self._sources(x_t[:, None], cache["conv"])  # L = 1
     state, y_t = physics.wave_step(cache["wave"], u[:, 0], speed, damping, phase)
     return self._readout(q, y_t[:, None], gate)[:, 0], {"conv": conv_history(qkv, cache["conv"]), "wave": state}
+
+
+def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
+  """Rotary position embedding (rotate-half form).
+
+  Args:
+    x: [B, L, H, K] queries or keys, K even.
+    positions: [L] integer positions.
+
+  Returns:
+    [B, L, H, K], pairs (x_i, x_{i+K/2}) rotated by positions * base**(-2i/K).
+  """
+  half = x.shape[-1] // 2
+  frequencies = base ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [K/2]
+  angle = positions.astype(jnp.float32)[:, None] * frequencies[None, :]  # [L, K/2]
+  cos, sin = jnp.cos(angle)[None, :, None, :], jnp.sin(angle)[None, :, None, :]
+  first, second = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  return jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Causal softmax attention with rotary positions and the same gated output as the wave mixer.
+
+  Its decode cache is a preallocated KV cache of `max_len` positions and the index of the next one.
+  `implementation` is passed to `jax.nn.dot_product_attention`: None lets JAX choose, 'xla' runs
+  everywhere, 'cudnn' is the fused kernel on NVIDIA GPUs.
+  """
+
+  def __init__(
+    self,
+    dim: int,
+    num_heads: int,
+    *,
+    implementation: str | None = None,
+    dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    if dim % num_heads or (dim // num_heads) % 2:
+      raise ValueError(f"dim={dim} must split into num_heads={num_heads} heads of even size")
+    self.dim, self.num_heads, self.implementation, self.dtype = dim, num_heads, implementation, dtype
+    self.in_proj = nnx.Linear(dim, 4 * dim, use_bias=False, dtype=dtype, rngs=rngs)  # q, k, v, gate
+    self.output = GatedOutput(dim, dtype=dtype, rngs=rngs)
+
+  def init_cache(self, batch_size: int, max_len: int) -> Cache:
+    shape = (batch_size, max_len, self.num_heads, self.dim // self.num_heads)
+    return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype), "index": jnp.zeros((), jnp.int32)}
+
+  def _project(self, x: jax.Array, start: jax.Array | int) -> tuple[jax.Array, ...]:
+    batch, length, _ = x.shape
+    q, k, v, gate = jnp.split(self.in_proj(x), 4, axis=-1)
+    q, k, v = (a.reshape(batch, length, self.num_heads, -1) for a in (q, k, v))  # [B, L, H, K]
+    positions = start + jnp.arange(length)
+    return rotary(q, positions), rotary(k, positions), v, gate
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, L, D] -> [B, L, D], causal over x alone."""
+    q, k, v, gate = self._project(x, 0)
+    z = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=self.implementation)
+    return self.output(z.reshape(gate.shape), gate)
+
+  def prefill(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+    """x [B, L, D] at positions index, ..., index + L - 1, attending to the cache and to itself."""
+    index = cache["index"]
+    q, k, v, gate = self._project(x, index)
+    keys = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, axis=1)  # [B, S, H, K]
+    values = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, axis=1)
+    query_position = index + jnp.arange(x.shape[1])  # [L]
+    visible = jnp.arange(keys.shape[1])[None, :] <= query_position[:, None]  # [L, S]
+    # The masked form has no cuDNN kernel for arbitrary masks: let JAX pick.
+    z = jax.nn.dot_product_attention(q, keys, values, mask=visible[None, None])
+    new_cache = {"k": keys, "v": values, "index": index + x.shape[1]}
+    return self.output(z.reshape(gate.shape), gate), new_cache
+
+  def step(self, x_t: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+    y, cache = self.prefill(x_t[:, None], cache)
+    return y[:, 0], cache
+
+
+class MLP(nnx.Module):
+  """Gated SiLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, dim: int, hidden: int, *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    self.gate = nnx.Linear(dim, hidden, use_bias=False, dtype=dtype, rngs=rngs)
+    self.up = nnx.Linear(dim, hidden, use_bias=False, dtype=dtype, rngs=rngs)
+    self.down = nnx.Linear(hidden, dim, use_bias=False, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: x + mixer(norm(x)), then + mlp(norm(.))."""
+
+  def __init__(self, mixer: nnx.Module, dim: int, mlp_dim: int, *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    self.mixer_norm = nnx.RMSNorm(dim, dtype=dtype, rngs=rngs)
+    self.mixer = mixer
+    self.mlp_norm = nnx.RMSNorm(dim, dtype=dtype, rngs=rngs)
+    self.mlp = MLP(dim, mlp_dim, dtype=dtype, rngs=rngs)
+
+  def _add_mlp(self, x: jax.Array, mixed: jax.Array) -> jax.Array:
+    x = x + mixed
+    return x + self.mlp(self.mlp_norm(x))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self._add_mlp(x, self.mixer(self.mixer_norm(x)))
+
+  def prefill(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+    mixed, cache = self.mixer.prefill(self.mixer_norm(x), cache)
+    return self._add_mlp(x, mixed), cache
+
+  def step(self, x_t: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+    mixed, cache = self.mixer.step(self.mixer_norm(x_t), cache)
+    return self._add_mlp(x_t, mixed), cache

@@ -1,0 +1,107 @@
+"""WaveFieldLM: causality, decoding equals the parallel forward, configs, parameter counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from reference import future_leak, relative_error
+
+from wavefield_jax.config import model_config
+from wavefield_jax.model import WaveFieldLM, count_params
+
+KINDS = {
+  "wave": ("wave", "wave"),
+  "transformer": ("attention", "attention"),
+  "hybrid": ("wave", "attention"),
+}
+
+
+def small_model(mixers, seed=0, **overrides):
+  config = model_config(
+    vocab_size=61, dim=32, num_layers=len(mixers), num_heads=4, mixers=mixers, mlp_dim=64, max_len=64
+  )
+  config.update(overrides)
+  return WaveFieldLM(config, rngs=nnx.Rngs(seed))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_model_is_causal(rng, kind):
+  model = small_model(KINDS[kind], seed=int(rng.integers(1 << 30)))
+  x = model.embed(jnp.asarray(rng.integers(0, 61, (1, 16))))
+  assert future_leak(model.from_embeddings, np.asarray(x)) < 1e-6
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decoding_equals_parallel_forward(rng, kind):
+  model = small_model(KINDS[kind], seed=int(rng.integers(1 << 30)))
+  tokens = jnp.asarray(rng.integers(0, 61, (2, 40)))
+  want = model(tokens)
+  # Token by token from an empty cache.
+  cache = model.init_cache(2, 40)
+  step = nnx.jit(lambda m, t, c: m.step(t, c))
+  stepped = []
+  for t in range(40):
+    logits, cache = step(model, tokens[:, t], cache)
+    stepped.append(logits)
+  assert relative_error(jnp.stack(stepped, axis=1), want) < 1e-4
+  # A prompt by prefill, the rest by steps.
+  cache = model.init_cache(2, 40)
+  prompt_logits, cache = model.prefill(tokens[:, :25], cache)
+  rest = []
+  for t in range(25, 40):
+    logits, cache = step(model, tokens[:, t], cache)
+    rest.append(logits)
+  assert relative_error(jnp.concatenate([prompt_logits, jnp.stack(rest, axis=1)], axis=1), want) < 1e-4
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_jitted_loss_is_finite_and_trains(rng, kind, dtype):
+  model = small_model(KINDS[kind], seed=int(rng.integers(1 << 30)), dtype=dtype)
+  tokens = jnp.asarray(rng.integers(0, 61, (4, 33)))
+  optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+
+  @nnx.jit
+  def train_step(model, optimizer, tokens):
+    def loss_fn(model):
+      logits = model(tokens[:, :-1])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  losses = [float(train_step(model, optimizer, tokens)) for _ in range(15)]
+  assert np.all(np.isfinite(losses))
+  assert model(tokens).dtype == jnp.float32
+  assert losses[-1] < 0.8 * losses[0]  # memorising one batch: the gradients are real
+
+
+def test_parameter_counts_of_wave_and_transformer_match():
+  wave = WaveFieldLM(model_config(mixers=("wave",) * 4), rngs=nnx.Rngs(0))
+  transformer = WaveFieldLM(model_config(mixers=("attention",) * 4), rngs=nnx.Rngs(0))
+  wave_count, transformer_count = count_params(wave), count_params(transformer)
+  assert wave_count["wave_constants"] == 3 * 8 * 4
+  assert transformer_count["wave_constants"] == 0
+  assert abs(wave_count["total"] / transformer_count["total"] - 1) < 0.02
+  manual = sum(p.size for p in jax.tree.leaves(nnx.state(wave, nnx.Param)))
+  assert wave_count["total"] == manual == wave_count["wave_constants"] + wave_count["other"]
+
+
+@pytest.mark.parametrize(
+  "overrides, key",
+  [
+    (dict(dim=30), "model.dim=30 must be divisible"),
+    (dict(mixers=("wave", "lstm", "wave", "wave")), "unknown mixer 'lstm'"),
+    (dict(mixers=("wave",) * 3), "model.mixers must name one mixer per layer"),
+    (dict(num_layers=0, mixers=()), "model.num_layers must be a positive integer"),
+    (dict(vocab_size=-5), "model.vocab_size must be a positive integer"),
+    (dict(dtype="float16"), "model.dtype must be one of"),
+    (dict(attention_impl="flash"), "model.attention_impl"),
+  ],
+)
+def test_bad_config_names_the_key(overrides, key):
+  with pytest.raises(ValueError, match=key):
+    WaveFieldLM(model_config(**overrides), rngs=nnx.Rngs(0))

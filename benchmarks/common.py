@@ -1,0 +1,87 @@
+"""Shared benchmark plumbing: one case per fresh subprocess, medians, and JSON / Markdown / PNG output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+  """What the numbers were measured on."""
+  import jax
+
+  device = jax.devices()[0]
+  return {
+    "platform": device.platform,
+    "device": getattr(device, "device_kind", str(device)),
+    "cpus": os.cpu_count(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "date": time.strftime("%Y-%m-%d"),
+  }
+
+
+def peak_rss_mib() -> float:
+  """Peak resident memory of this process (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_call(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict:
+  """Median, min and all wall times in seconds of `fn()` (which must block until its result is ready)."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times}
+
+
+def run_case(module: str, case: dict, timeout: float = 900) -> dict:
+  """Runs `python -m module --case JSON` in a fresh process and returns the JSON it prints last.
+
+  A case that fails (out of memory, timeout) comes back as {"error": ...} instead of raising.
+  """
+  command = [sys.executable, "-m", module, "--case", json.dumps(case)]
+  try:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parent.parent)
+  except subprocess.TimeoutExpired:
+    return case | {"error": f"timeout after {timeout:.0f} s"}
+  if done.returncode != 0:
+    tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+    return case | {"error": f"exit {done.returncode}: {tail[0][:300]}"}
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def case_main(measure: Callable[[dict], dict]) -> bool:
+  """In a child process (`--case` given): measures one case, prints its JSON, returns True."""
+  if "--case" not in sys.argv:
+    return False
+  case = json.loads(sys.argv[sys.argv.index("--case") + 1])
+  print(json.dumps(case | measure(case)))
+  return True
+
+
+def write_results(name: str, payload: dict, table: str) -> None:
+  """benchmarks/results/{name}.json and {name}.md (the PNG is written by the benchmark)."""
+  RESULTS.mkdir(parents=True, exist_ok=True)
+  (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+  (RESULTS / f"{name}.md").write_text(table + "\n")
+  print(table)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)

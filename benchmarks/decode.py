@@ -1,0 +1,137 @@
+"""Per-token decode latency and peak memory against context length: wave model vs same-size Transformer.
+
+Each (model, context) runs in a fresh process. The cache is filled directly with random contents of
+the right size (the Transformer's KV cache holds `context` positions, its index set to `context`; the
+wave model's state is [B, H, K] complex per layer whatever the context), then one jitted decode step
+is timed: what every generated token costs once the context is that long.
+
+  python -m benchmarks.decode [--contexts 1024,8192,65536] [--repeats 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+
+MODULE = "benchmarks.decode"
+
+
+def measure(case: dict) -> dict:
+  from flax import nnx
+
+  from wavefield_jax.config import model_config
+  from wavefield_jax.generate import make_decoder
+  from wavefield_jax.model import WaveFieldLM
+
+  mixer = "wave" if case["model"] == "wave" else "attention"
+  config = model_config(mixers=(mixer,) * 4)
+  model = WaveFieldLM(config, rngs=nnx.Rngs(0))
+  context = case["context"]
+  cache = model.init_cache(1, context + 1)
+  rng = np.random.default_rng(0)
+
+  def fill(leaf):
+    if leaf.ndim == 0:  # the KV cache's index: the context is full
+      return jnp.asarray(context, leaf.dtype)
+    noise = rng.standard_normal(leaf.shape).astype(np.float32)
+    return jnp.asarray(noise + 1j * noise if jnp.iscomplexobj(leaf) else noise, leaf.dtype)
+
+  cache = jax.tree.map(fill, cache)
+  cache_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(cache))
+  _, step = make_decoder(model)
+  token = jnp.asarray([7], jnp.int32)
+  state = {"cache": cache}
+
+  def one_token():
+    logits, state["cache"] = step(token, state["cache"])
+    logits.block_until_ready()
+    # The step donates its cache: put back a cache of the same context for the next call.
+    state["cache"] = jax.tree.map(lambda a: a.at[()].set(context) if a.ndim == 0 else a, state["cache"])
+
+  timing = common.time_call(one_token, repeats=case["repeats"], warmup=3)
+  return {"latency_ms": 1e3 * timing["median_s"], "cache_mib": cache_bytes / 2**20, "peak_rss_mib": common.peak_rss_mib()}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--contexts", default="1024,8192,65536")
+  parser.add_argument("--repeats", type=int, default=30)
+  args = parser.parse_args()
+  contexts = [int(c) for c in args.contexts.split(",")]
+  rows = []
+  for context in contexts:
+    for model in ("wave", "transformer"):
+      result = common.run_case(MODULE, {"model": model, "context": context, "repeats": args.repeats})
+      print(result, flush=True)
+      rows.append(result)
+  write(rows, contexts)
+
+
+def write(rows: list[dict], contexts: list[int]) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  by = {(r["model"], r["context"]): r for r in rows}
+  table_rows = []
+  for context in contexts:
+    wave, transformer = by[("wave", context)], by[("transformer", context)]
+    speedup = transformer.get("latency_ms", float("nan")) / wave.get("latency_ms", float("nan"))
+    table_rows.append(
+      [
+        f"{context:,}",
+        f"{wave.get('latency_ms', float('nan')):.2f}",
+        f"{transformer.get('latency_ms', float('nan')):.2f}",
+        f"{speedup:.1f}x",
+        f"{wave.get('peak_rss_mib', float('nan')):.0f}",
+        f"{transformer.get('peak_rss_mib', float('nan')):.0f}",
+        f"{wave.get('cache_mib', float('nan')):.3f}",
+        f"{transformer.get('cache_mib', float('nan')):.1f}",
+      ]
+    )
+  first, last = by[("wave", contexts[0])], by[("wave", contexts[-1])]
+  flat = last["latency_ms"] / first["latency_ms"]
+  table = common.markdown_table(
+    [
+      "context",
+      "wave ms/token",
+      "transformer ms/token",
+      "transformer / wave",
+      "wave peak RSS MiB",
+      "transformer peak RSS MiB",
+      "wave cache MiB",
+      "transformer cache MiB",
+    ],
+    table_rows,
+  )
+  table += (
+    f"\n\nWave latency at {contexts[-1]:,} / at {contexts[0]:,}: {flat:.2f}x. "
+    "Default model size (D=256, 4 layers, 8 heads), batch 1, float32, median of the timed steps; "
+    "caches filled directly (not by prefill)."
+  )
+  common.write_results("decode", {"machine": common.machine(), "rows": rows}, table)
+  fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(10, 4))
+  for model, colour in (("wave", "tab:blue"), ("transformer", "tab:red")):
+    xs = [c for c in contexts if "latency_ms" in by[(model, c)]]
+    ax_time.plot(xs, [by[(model, c)]["latency_ms"] for c in xs], "o-", color=colour, label=model)
+    ax_mem.plot(xs, [by[(model, c)]["peak_rss_mib"] for c in xs], "o-", color=colour, label=model)
+  for ax, label in ((ax_time, "ms per token"), (ax_mem, "process peak RSS (MiB)")):
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.suptitle("Decoding one token with a full context (CPU)")
+  fig.tight_layout()
+  fig.savefig(common.RESULTS / "decode.png", dpi=120)
+
+
+if __name__ == "__main__":
+  if not common.case_main(measure):
+    main()

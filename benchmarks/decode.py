@@ -54,7 +54,11 @@ def measure(case: dict) -> dict:
     state["cache"] = jax.tree.map(lambda a: a.at[()].set(context) if a.ndim == 0 else a, state["cache"])
 
   timing = common.time_call(one_token, repeats=case["repeats"], warmup=3)
-  return {"latency_ms": 1e3 * timing["median_s"], "cache_mib": cache_bytes / 2**20, "peak_rss_mib": common.peak_rss_mib()}
+  return {
+    "latency_ms": 1e3 * timing["median_s"],
+    "cache_mib": cache_bytes / 2**20,
+    "peak_rss_mib": common.peak_rss_mib(),
+  }
 
 
 def main() -> None:

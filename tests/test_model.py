@@ -83,7 +83,7 @@ def test_parameter_counts_of_wave_and_transformer_match():
   wave = WaveFieldLM(model_config(mixers=("wave",) * 4), rngs=nnx.Rngs(0))
   transformer = WaveFieldLM(model_config(mixers=("attention",) * 4), rngs=nnx.Rngs(0))
   wave_count, transformer_count = count_params(wave), count_params(transformer)
-  assert wave_count["wave_constants"] == 3 * 8 * 4
+  assert wave_count["wave_constants"] == 3 * wave.config.num_heads * 4
   assert transformer_count["wave_constants"] == 0
   assert abs(wave_count["total"] / transformer_count["total"] - 1) < 0.02
   manual = sum(p.size for p in jax.tree.leaves(nnx.state(wave, nnx.Param)))

@@ -27,11 +27,11 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(
     dict(
       vocab_size=256,
-      dim=256,
+      dim=128,
       num_layers=4,
-      num_heads=8,
+      num_heads=4,
       mixers=("wave",) * 4,
-      mlp_dim=768,
+      mlp_dim=384,
       conv_width=4,
       max_len=256,
       dtype="float32",
@@ -64,3 +64,78 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"model.dtype must be one of {DTYPES}; got {config.dtype!r}")
   if config.attention_impl not in ATTENTION_IMPLEMENTATIONS:
     raise ValueError(f"model.attention_impl must be one of {ATTENTION_IMPLEMENTATIONS}; got {config.attention_impl!r}")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key of a training run with its default; configs/*.py start from this and change a few."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = model_config()
+  config.data = ml_collections.ConfigDict(
+    dict(
+      source="shakespeare",  # shakespeare | local_text | wikitext103 | tfds
+      tokenizer="bytes",  # bytes | gpt2
+      seq_len=256,
+      files=ml_collections.ConfigDict({"train": ""}),  # local_text: {split: glob or [globs]}
+      tfds_dir="~/tensorflow_datasets",
+      manual_dir="~/tensorflow_datasets/downloads/manual",
+      tfds_name="",
+      text_key="text",
+      tfds_validation_split="validation",
+      tfds_test_split="test",
+    )
+  )
+  config.train = ml_collections.ConfigDict(
+    dict(
+      steps=1000,
+      stop_at=0,  # > 0: save and stop at this step (the schedule still runs to `steps`); rerun to go on
+      batch_size=8,
+      learning_rate=3e-3,
+      wave_learning_rate=3e-3,  # the physical constants: their own rate, never weight decay
+      warmup_steps=100,
+      final_learning_rate_fraction=0.1,
+      weight_decay=0.1,
+      grad_clip=1.0,
+      log_every=25,
+      eval_every=500,
+      eval_windows=64,  # validation windows per evaluation (0: the whole split)
+      checkpoint_every=250,
+      keep_checkpoints=3,
+      sample_tokens=300,
+      sample_prompt="\n",
+      sample_temperature=0.8,
+      on_nonfinite="stop",  # stop | skip
+    )
+  )
+  return config
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks a whole run config once, at start; raises ValueError naming the key."""
+  validate_model_config(config.model)
+  data, train = config.data, config.train
+  if data.tokenizer not in ("bytes", "gpt2"):
+    raise ValueError(f"data.tokenizer must be 'bytes' or 'gpt2'; got {data.tokenizer!r}")
+  if data.source not in ("shakespeare", "local_text", "wikitext103", "tfds"):
+    raise ValueError(f"data.source must be shakespeare, local_text, wikitext103 or tfds; got {data.source!r}")
+  for key in ("seq_len",):
+    if not isinstance(data[key], int) or data[key] <= 0:
+      raise ValueError(f"data.{key} must be a positive integer; got {data[key]!r}")
+  for key in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    if not isinstance(train[key], int) or isinstance(train[key], bool) or train[key] <= 0:
+      raise ValueError(f"train.{key} must be a positive integer; got {train[key]!r}")
+  for key in ("warmup_steps", "eval_windows", "sample_tokens", "stop_at"):
+    if not isinstance(train[key], int) or train[key] < 0:
+      raise ValueError(f"train.{key} must be a non-negative integer; got {train[key]!r}")
+  for key in ("learning_rate", "wave_learning_rate", "grad_clip"):
+    if not train[key] > 0:
+      raise ValueError(f"train.{key} must be > 0; got {train[key]!r}")
+  for key in ("weight_decay", "final_learning_rate_fraction", "sample_temperature"):
+    if not train[key] >= 0:
+      raise ValueError(f"train.{key} must be >= 0; got {train[key]!r}")
+  if train.on_nonfinite not in ("stop", "skip"):
+    raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip'; got {train.on_nonfinite!r}")
+  if data.tokenizer == "gpt2" and config.model.vocab_size < 50257:
+    raise ValueError(f"model.vocab_size must be >= 50257 for the gpt2 tokenizer; got {config.model.vocab_size}")
+  if data.tokenizer == "bytes" and config.model.vocab_size < 256:
+    raise ValueError(f"model.vocab_size must be >= 256 for the bytes tokenizer; got {config.model.vocab_size}")

@@ -1,0 +1,165 @@
+"""The training loop: it learns, resumes exactly across processes, and refuses mismatched workdirs."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_collections
+import pytest
+
+from wavefield_jax import data
+from wavefield_jax.checkpointing import CheckpointError
+from wavefield_jax.config import base_config
+from wavefield_jax.train_lib import train_and_evaluate
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = dict(dim=32, num_layers=2, num_heads=4, mixers=("wave", "attention"), mlp_dim=64, max_len=32)
+
+TINY_CONFIG_FILE = """
+import ml_collections
+from wavefield_jax.config import base_config
+
+def get_config():
+  config = base_config()
+  config.model.update(dict(dim=32, num_layers=2, num_heads=4, mixers=("wave", "attention"), mlp_dim=64, max_len=32))
+  config.data.update(dict(source="local_text", seq_len=32))
+  config.train.update(dict(steps=24, batch_size=4, warmup_steps=4, log_every=1, eval_every=10, eval_windows=4,
+                           checkpoint_every=5, sample_tokens=8))
+  return config
+"""
+
+
+def tiny_config(**train) -> ml_collections.ConfigDict:
+  config = base_config()
+  config.model.update(TINY)
+  config.data.seq_len = 32
+  config.train.update(
+    dict(batch_size=8, warmup_steps=10, log_every=10, eval_every=1000, eval_windows=4, sample_tokens=0)
+  )
+  config.train.update(train)
+  return config
+
+
+def read_losses(workdir: Path) -> dict[int, float]:
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+
+def tree_digest(directory: Path) -> str:
+  digest = hashlib.sha256()
+  for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+    digest.update(str(path.relative_to(directory)).encode() + path.read_bytes())
+  return digest.hexdigest()
+
+
+def test_the_loop_learns_a_repetitive_text(tmp_path):
+  verse = b"Shall I compare thee to a summer's day? Thou art more lovely and more temperate.\n"
+  corpus = data.tokenize(
+    {"train": [verse * 200], "validation": [verse * 5], "test": [verse * 5]}, data.ByteTokenizer(), 32
+  )
+  result = train_and_evaluate(tiny_config(steps=250, learning_rate=1e-2), tmp_path, corpus=corpus)
+  losses = read_losses(tmp_path)
+  assert losses[10] > 1.0
+  assert max(losses[s] for s in range(240, 251)) < 0.1
+  assert result["loss"] < 0.1 and result["bpb"] < 0.15
+  assert (tmp_path / "loss.png").stat().st_size > 0 and (tmp_path / "samples.txt").exists()
+
+
+def run_train(config_file: Path, workdir: Path, text_glob: str, *overrides: str) -> subprocess.CompletedProcess:
+  command = [
+    sys.executable,
+    str(REPO / "train.py"),
+    f"--config={config_file}",
+    f"--workdir={workdir}",
+    f"--config.data.files.train={text_glob}",
+    f"--config.data.tfds_dir={workdir.parent / 'tfds'}",
+    *overrides,
+  ]
+  env = os.environ | {"XLA_FLAGS": ""}  # one device, as a user's run
+  return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+
+
+@pytest.fixture
+def text_files(tmp_path, rng):
+  words = ["wave", "field", "damped", "speed", "phase", "token", "the", "of", "and", "light"]
+  text = "\n".join(" ".join(rng.choice(words, 12)) for _ in range(600))
+  (tmp_path / "corpus.txt").write_text(text)
+  config_file = tmp_path / "tiny.py"
+  config_file.write_text(TINY_CONFIG_FILE)
+  return config_file, str(tmp_path / "corpus.txt")
+
+
+def test_resume_in_a_new_process_gives_the_same_losses(tmp_path, text_files):
+  config_file, corpus = text_files
+  straight = run_train(config_file, tmp_path / "straight", corpus)
+  assert straight.returncode == 0, straight.stderr[-2000:]
+  first = run_train(config_file, tmp_path / "split", corpus, "--config.train.stop_at=12")
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert "stopped at train.stop_at=12" in first.stdout
+  assert max(read_losses(tmp_path / "split")) == 12
+  second = run_train(config_file, tmp_path / "split", corpus)
+  assert second.returncode == 0, second.stderr[-2000:]
+  assert "resuming from step 12" in second.stdout
+  want, got = read_losses(tmp_path / "straight"), read_losses(tmp_path / "split")
+  assert sorted(want) == sorted(got) == list(range(1, 25))
+  for step in want:
+    assert abs(want[step] - got[step]) <= 1e-6, (step, want[step], got[step])
+
+
+def test_a_workdir_of_another_model_is_refused_and_left_untouched(tmp_path, text_files):
+  config_file, corpus = text_files
+  workdir = tmp_path / "run"
+  assert run_train(config_file, workdir, corpus, "--config.train.steps=5").returncode == 0
+  before = tree_digest(workdir)
+  other = run_train(config_file, workdir, corpus, "--config.model.dim=48", "--config.model.mlp_dim=96")
+  assert other.returncode != 0
+  assert "different config" in other.stderr and "model.dim: checkpoint 32 vs config 48" in other.stderr
+  assert "Traceback" not in other.stderr
+  assert tree_digest(workdir) == before
+
+
+def test_bad_corpora_give_one_clear_line(tmp_path, text_files):
+  config_file, _ = text_files
+  (tmp_path / "empty.txt").write_bytes(b"")
+  (tmp_path / "short.txt").write_bytes(b"\xff\xfe\x00 too short")
+  for name, message in (("empty.txt", "split is empty"), ("short.txt", "fewer than one training window")):
+    result = run_train(config_file, tmp_path / name.split(".")[0], str(tmp_path / name))
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_mismatched_checkpoint_restore_is_a_checkpoint_error(tmp_path):
+  verse = b"To be, or not to be, that is the question.\n" * 100
+  corpus = data.tokenize({"train": [verse], "validation": [verse], "test": [verse]}, data.ByteTokenizer(), 32)
+  train_and_evaluate(tiny_config(steps=3, checkpoint_every=3), tmp_path, corpus=corpus)
+  (tmp_path / "config.json").write_text(
+    (tmp_path / "config.json").read_text().replace('"mlp_dim": 64', '"mlp_dim": 96')
+  )
+  config = tiny_config(steps=6)
+  config.model.mlp_dim = 96
+  with pytest.raises(CheckpointError, match="checkpoint step 3 .* does not match"):
+    train_and_evaluate(config, tmp_path, corpus=corpus)
+
+
+def test_evaluate_scores_unseen_text(tmp_path, text_files):
+  config_file, corpus = text_files
+  workdir = tmp_path / "run"
+  assert run_train(config_file, workdir, corpus, "--config.train.steps=5").returncode == 0
+  (tmp_path / "unseen.txt").write_text("the damped wave carries light and phase\n" * 20)
+  command = [
+    sys.executable,
+    "-m",
+    "wavefield_jax.evaluate",
+    f"--workdir={workdir}",
+    f"--text={tmp_path / 'unseen.txt'}",
+    "--json",
+  ]
+  done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  scores = json.loads(done.stdout)
+  (result,) = scores["files"]
+  assert scores["step"] == 5 and result["bytes"] == 40 * 20 - 1
+  assert 0 < result["bpb"] < 8.5 and abs(result["bpb"] - result["loss"] / 0.6931471805599453) < 1e-9

@@ -1,0 +1,71 @@
+"""Score the latest checkpoint of a workdir on text files it never saw: loss per token and bits per byte.
+
+  python -m wavefield_jax.evaluate --workdir runs/default --text a.txt [--text b.txt ...] [--json]
+
+Each file is read as bytes, tokenized with the run's tokenizer and streamed through the model in
+windows of the training length (every target scored once; the first tokens of each window see less
+context, as in validation during training).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "A training workdir (holds config.json and checkpoints/).", required=True
+)
+_TEXT = flags.DEFINE_multi_string("text", None, "A text file to score; repeat for several.", required=True)
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object with every result instead of lines.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Windows per evaluation batch.")
+
+
+def score_files(workdir: str | Path, paths: list[str], step: int | None = None, batch_size: int = 8) -> dict:
+  """{"step": int, "files": [{"path", "loss", "bpb", "tokens", "bytes"}, ...]} for each text file."""
+  import jax.numpy as jnp
+
+  from wavefield_jax import data as data_lib
+  from wavefield_jax.train_lib import evaluate, load_trained, make_eval_step
+
+  graphdef, params, config, step = load_trained(workdir, step)
+  tokenizer = data_lib.get_tokenizer(config.data.tokenizer)
+  eval_step = make_eval_step(graphdef)
+  token_bytes = jnp.asarray(tokenizer.token_bytes)
+  results = []
+  for path in paths:
+    try:
+      raw = Path(path).read_bytes()
+    except OSError as error:
+      raise data_lib.DataError(f"cannot read {path}: {error.strerror}") from error
+    tokens = tokenizer.encode(raw)
+    if tokens.size < 2:
+      raise data_lib.DataError(f"{path} has {tokens.size} token(s); at least 2 are needed to score it")
+    windows, weights = data_lib.eval_windows(tokens, config.data.seq_len)
+    results.append({"path": str(path)} | evaluate(eval_step, params, windows, weights, token_bytes, batch_size))
+  return {"step": step, "files": results}
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  from wavefield_jax.checkpointing import CheckpointError
+  from wavefield_jax.data import DataError
+
+  try:
+    scores = score_files(_WORKDIR.value, _TEXT.value, _STEP.value, _BATCH.value)
+  except (CheckpointError, DataError) as error:
+    sys.exit(f"error: {error}")
+  if _JSON.value:
+    print(json.dumps(scores, indent=1))
+    return
+  for r in scores["files"]:
+    counts = f"{r['tokens']:,} tokens, {r['bytes']:,} bytes, step {scores['step']}"
+    print(f"{r['path']}: {r['loss']:.4f} nats/token, {r['bpb']:.4f} bits/byte ({counts})")
+
+
+if __name__ == "__main__":
+  app.run(main)

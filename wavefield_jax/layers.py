@@ -14,7 +14,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from wavefield_jax import physics
@@ -51,27 +50,33 @@ def conv_history(x: jax.Array, history: jax.Array) -> jax.Array:
   return jnp.concatenate([history.astype(x.dtype), x], axis=1)[:, x.shape[1] :]
 
 
-def inverse_softplus(y: np.ndarray) -> np.ndarray:
-  return y + np.log(-np.expm1(-y))
+def inverse_softplus(y: jax.Array) -> jax.Array:
+  return y + jnp.log(-jnp.expm1(-y))
 
 
-def initial_constants(num_heads: int, max_len: int, rng: jax.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Heads spread across scales (DESIGN section 1).
+def initial_constants(num_heads: int, max_len: int, rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Heads spread across scales (DESIGN section 1); traceable, so models can be built under jit.
 
   Damping is geometric from 1/max_len (global heads, decay over the whole context) to 1 (local heads);
   speeds are stratified over (0, pi] and phases over [0, pi), both shuffled so that speed and decay
   length are not tied together.
 
   Returns:
-    speed, damping, phase: [H] float64 NumPy arrays of physical values.
+    speed, damping, phase: [H] float32 physical values.
   """
-  damping = np.geomspace(1.0 / max_len, 1.0, num_heads) if num_heads > 1 else np.array([1.0 / math.sqrt(max_len)])
-  speed_rng, phase_rng, order_rng = jax.random.split(rng, 3)
-  strata = (np.arange(num_heads) + np.asarray(jax.random.uniform(speed_rng, (num_heads,)))) / num_heads
-  speed = np.pi * np.maximum(strata, 1e-3)[np.asarray(jax.random.permutation(order_rng, num_heads))]
-  phase = np.pi * (np.arange(num_heads) + np.asarray(jax.random.uniform(phase_rng, (num_heads,)))) / num_heads
-  phase = phase[np.asarray(jax.random.permutation(jax.random.fold_in(order_rng, 1), num_heads))]
-  return speed, damping, phase
+  if num_heads > 1:
+    damping = jnp.geomspace(1.0 / max_len, 1.0, num_heads)
+  else:
+    damping = jnp.full((1,), 1.0 / math.sqrt(max_len))
+  speed_rng, phase_rng, speed_order, phase_order = jax.random.split(rng, 4)
+
+  def stratified(key, order_key):  # one draw in each of H equal strata of (0, 1), shuffled
+    strata = (jnp.arange(num_heads) + jax.random.uniform(key, (num_heads,))) / num_heads
+    return jax.random.permutation(order_key, strata)
+
+  speed = jnp.pi * jnp.maximum(stratified(speed_rng, speed_order), 1e-3)
+  phase = jnp.pi * stratified(phase_rng, phase_order)
+  return speed, damping.astype(jnp.float32), phase
 
 
 class GatedOutput(nnx.Module):
@@ -112,9 +117,9 @@ class WaveFieldMixer(nnx.Module):
     noise = 0.1 * jax.random.normal(rngs.params(), (conv_width, 3 * dim)) / math.sqrt(conv_width)
     self.conv_kernel = nnx.Param(noise.at[0].add(1.0))  # [W, 3D]
     speed, damping, phase = initial_constants(num_heads, max_len, rngs.params())
-    self.speed_raw = WaveParam(jnp.asarray(inverse_softplus(speed), jnp.float32))  # [H]
-    self.damping_log = WaveParam(jnp.asarray(np.log(damping), jnp.float32))  # [H]
-    self.phase = WaveParam(jnp.asarray(phase, jnp.float32))  # [H]
+    self.speed_raw = WaveParam(inverse_softplus(speed))  # [H]
+    self.damping_log = WaveParam(jnp.log(damping))  # [H]
+    self.phase = WaveParam(phase)  # [H]
     self.output = GatedOutput(dim, dtype=dtype, rngs=rngs)
 
   def constants(self) -> tuple[jax.Array, jax.Array, jax.Array]:

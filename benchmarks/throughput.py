@@ -1,0 +1,107 @@
+"""Training throughput: tokens per second of one full jitted train step (forward, backward, AdamW).
+
+The default model size (D=128, 4 layers) as wave, Transformer and hybrid, at several window lengths
+with the same 8192 tokens per step (batch = 8192 / L), float32, each case in a fresh process.
+
+  python -m benchmarks.throughput [--lengths 256,1024,4096,8192] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from benchmarks import common
+
+MODULE = "benchmarks.throughput"
+MIXERS = {"wave": ("wave",) * 4, "transformer": ("attention",) * 4, "hybrid": ("wave", "wave", "attention", "wave")}
+TOKENS_PER_STEP = 8192
+
+
+def measure(case: dict) -> dict:
+  import jax
+  import jax.numpy as jnp
+
+  from wavefield_jax.config import base_config
+  from wavefield_jax.train_lib import build_model, make_optimizer, make_train_step, param_labels
+
+  config = base_config()
+  config.model.mixers = MIXERS[case["model"]]
+  config.model.max_len = case["length"]
+  graphdef, params, model = build_model(config, seed=0)
+  optimizer = make_optimizer(config.train, param_labels(model, params))
+  state = {
+    "params": params,
+    "opt_state": optimizer.init(params),
+    "step": jnp.zeros((), jnp.int32),
+    "rng": jnp.zeros(2, jnp.uint32),
+  }
+  step = make_train_step(graphdef, optimizer, skip_nonfinite=False)
+  batch_size = max(1, TOKENS_PER_STEP // case["length"])
+  batch = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch_size, case["length"] + 1)), jnp.int32)
+  holder = {"state": state}
+
+  def one_step():
+    holder["state"], metrics = step(holder["state"], batch)
+    jax.block_until_ready(metrics["loss"])
+
+  timing = common.time_call(one_step, repeats=case["repeats"], warmup=2)
+  return {"tokens_per_s": batch_size * case["length"] / timing["median_s"], "step_ms": 1e3 * timing["median_s"]}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--lengths", default="256,1024,4096,8192")
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+  lengths = [int(v) for v in args.lengths.split(",")]
+  rows = []
+  for length in lengths:
+    for model in MIXERS:
+      result = common.run_case(MODULE, {"model": model, "length": length, "repeats": args.repeats})
+      print(result, flush=True)
+      rows.append(result)
+  write(rows, lengths)
+
+
+def write(rows: list[dict], lengths: list[int]) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  by = {(r["model"], r["length"]): r for r in rows}
+  nan = float("nan")
+  table_rows = []
+  for length in lengths:
+    rate = {m: by[(m, length)].get("tokens_per_s", nan) for m in MIXERS}
+    table_rows.append(
+      [
+        f"{length:,}",
+        *(f"{rate[m]:,.0f}" for m in MIXERS),
+        f"{rate['wave'] / rate['transformer']:.2f}x",
+        f"{rate['hybrid'] / rate['transformer']:.2f}x",
+      ]
+    )
+  table = common.markdown_table(
+    ["L", "wave tok/s", "transformer tok/s", "hybrid tok/s", "wave / transformer", "hybrid / transformer"], table_rows
+  )
+  table += f"\n\nDefault size (D=128, 4 layers), {TOKENS_PER_STEP} tokens per step, float32, median step time."
+  common.write_results("throughput", {"machine": common.machine(), "rows": rows}, table)
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  for model, colour in zip(MIXERS, ("tab:blue", "tab:red", "tab:purple"), strict=True):
+    xs = [n for n in lengths if "tokens_per_s" in by[(model, n)]]
+    ax.plot(xs, [by[(model, n)]["tokens_per_s"] for n in xs], "o-", color=colour, label=model)
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("window length L")
+  ax.set_ylabel("training tokens / s")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(common.RESULTS / "throughput.png", dpi=120)
+
+
+if __name__ == "__main__":
+  if not common.case_main(measure):
+    main()

@@ -1,0 +1,149 @@
+"""Quality: wave, Transformer and hybrid models of equal size trained on the shipped corpus, same steps
+and tokens, several seeds; validation and test bits per byte, ratios to the Transformer, loss curves.
+
+Each run is `train.py` in its own process and workdir (benchmarks/runs/quality/<model>_s<seed>), so a run
+cut short resumes from its checkpoint when this script is started again; finished runs are not redone.
+Validation (Julius Caesar, Twelfth Night) and test (Macbeth, The Tempest) are scored in full at the end.
+
+  python -m benchmarks.quality [--steps 2000] [--seeds 0,1] [--models wave,transformer,hybrid]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import common
+
+REPO = Path(__file__).resolve().parent.parent
+RUNS = REPO / "benchmarks" / "runs" / "quality"
+CONFIGS = {"wave": "configs/default.py", "transformer": "configs/transformer.py", "hybrid": "configs/hybrid.py"}
+
+
+def train(model: str, seed: int, steps: int) -> float:
+  """Trains (or finishes) one run; returns the wall-clock seconds this call spent."""
+  workdir = RUNS / f"{model}_s{seed}"
+  command = [
+    sys.executable,
+    "train.py",
+    f"--config={CONFIGS[model]}",
+    f"--workdir={workdir}",
+    f"--config.seed={seed}",
+    f"--config.train.steps={steps}",
+    "--config.train.eval_every=250",
+    "--config.train.eval_windows=256",
+    "--config.train.checkpoint_every=250",
+    "--config.train.sample_tokens=200",
+  ]
+  start = time.perf_counter()
+  subprocess.run(command, check=True, cwd=REPO)
+  return time.perf_counter() - start
+
+
+def score(model: str, seed: int) -> dict:
+  """Full validation and test splits of the shipped corpus, with the run's final checkpoint."""
+  import jax.numpy as jnp
+
+  from wavefield_jax import data
+  from wavefield_jax.train_lib import evaluate, load_trained, make_eval_step
+
+  graphdef, params, config, step = load_trained(RUNS / f"{model}_s{seed}")
+  corpus = data.tokenize(data.shakespeare_documents(), data.get_tokenizer(config.data.tokenizer), config.data.seq_len)
+  eval_step = make_eval_step(graphdef)
+  token_bytes = jnp.asarray(corpus.tokenizer.token_bytes)
+  result = {"step": step}
+  for split in ("validation", "test"):
+    windows, weights = data.eval_windows(corpus.tokens[split], config.data.seq_len)
+    result[split] = evaluate(eval_step, params, windows, weights, token_bytes, batch_size=16)["bpb"]
+  return result
+
+
+def curves(model: str, seed: int) -> list[tuple[int, float]]:
+  rows = [json.loads(line) for line in (RUNS / f"{model}_s{seed}" / "metrics.jsonl").read_text().splitlines()]
+  return [(r["step"], r["bpb"]) for r in rows if r["kind"] == "eval"]
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--steps", type=int, default=2000)
+  parser.add_argument("--seeds", default="0,1")
+  parser.add_argument("--models", default="wave,transformer,hybrid")
+  args = parser.parse_args()
+  seeds = [int(s) for s in args.seeds.split(",")]
+  models = args.models.split(",")
+  timing_path = RUNS / "wall_clock.json"
+  RUNS.mkdir(parents=True, exist_ok=True)
+  wall = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+  for seed in seeds:
+    for model in models:
+      key = f"{model}_s{seed}"
+      wall[key] = wall.get(key, 0.0) + train(model, seed, args.steps)
+      timing_path.write_text(json.dumps(wall, indent=1))
+  results = {
+    f"{m}_s{s}": score(m, s) | {"wall_s": wall[f"{m}_s{s}"], "curve": curves(m, s)} for m in models for s in seeds
+  }
+  write(results, models, seeds, args.steps)
+
+
+def write(results: dict, models: list[str], seeds: list[int], steps: int) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows = []
+  for model in models:
+    runs = [results[f"{model}_s{s}"] for s in seeds]
+    cells = [model]
+    for split in ("validation", "test"):
+      values = [r[split] for r in runs]
+      cells.append(f"{statistics.mean(values):.4f} ({min(values):.4f}–{max(values):.4f})")
+    for split in ("validation", "test"):
+      ratios = [results[f"{model}_s{s}"][split] / results[f"transformer_s{s}"][split] for s in seeds]
+      cells.append(f"{statistics.mean(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f})")
+    cells.append(f"{statistics.mean(r['wall_s'] for r in runs) / 60:.1f}")
+    rows.append(cells)
+  # The plateau check: how much the Transformer's validation BPB still fell over the last quarter.
+  plateau = []
+  for seed in seeds:
+    curve = dict(results[f"transformer_s{seed}"]["curve"])
+    quarter = max(s for s in curve if s <= 0.75 * steps)
+    plateau.append(1 - curve[steps] / curve[quarter])
+  table = common.markdown_table(
+    [
+      "model",
+      "validation BPB mean (range)",
+      "test BPB mean (range)",
+      "val / transformer (range)",
+      "test / transformer (range)",
+      "wall min / run",
+    ],
+    rows,
+  )
+  table += (
+    f"\n\n{steps} steps x 8 x 256 bytes, seeds {seeds}; ratios per seed against the Transformer of the same seed. "
+    f"Transformer validation BPB fell {100 * max(plateau):.1f}% (worst seed) over the last quarter of training."
+  )
+  payload = {"machine": common.machine(), "steps": steps, "seeds": seeds, "runs": results, "plateau_drop": plateau}
+  common.write_results("quality", payload, table)
+  fig, ax = plt.subplots(figsize=(7, 4.2))
+  colours = {"wave": "tab:blue", "transformer": "tab:red", "hybrid": "tab:purple"}
+  for model in models:
+    for i, seed in enumerate(seeds):
+      xs, ys = zip(*results[f"{model}_s{seed}"]["curve"], strict=True)
+      ax.plot(xs, ys, "o-", color=colours.get(model), alpha=0.8, label=model if i == 0 else None, markersize=3)
+  ax.set_xlabel("step")
+  ax.set_ylabel("validation bits per byte")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(common.RESULTS / "quality.png", dpi=120)
+
+
+if __name__ == "__main__":
+  main()

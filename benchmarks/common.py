@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(os.environ.get("WAVEFIELD_RESULTS", Path(__file__).parent / "results"))
 
 
 def machine() -> dict:
@@ -32,7 +32,12 @@ def machine() -> dict:
 
 
 def peak_rss_mib() -> float:
-  """Peak resident memory of this process (Linux reports KiB)."""
+  """Peak memory in MiB: of the accelerator where there is one, else the process's peak RSS (Linux: KiB)."""
+  import jax
+
+  stats = jax.devices()[0].memory_stats() if jax.devices()[0].platform != "cpu" else None
+  if stats and "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"] / 2**20
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -58,6 +58,9 @@ def measure(case: dict) -> dict:
     "latency_ms": 1e3 * timing["median_s"],
     "cache_mib": cache_bytes / 2**20,
     "peak_rss_mib": common.peak_rss_mib(),
+    "dim": config.dim,
+    "layers": config.num_layers,
+    "heads": config.num_heads,
   }
 
 
@@ -116,7 +119,8 @@ def write(rows: list[dict], contexts: list[int]) -> None:
   )
   table += (
     f"\n\nWave latency at {contexts[-1]:,} / at {contexts[0]:,}: {flat:.2f}x. "
-    "Default model size (D=256, 4 layers, 8 heads), batch 1, float32, median of the timed steps; "
+    f"Default model size (D={rows[0]['dim']}, {rows[0]['layers']} layers, {rows[0]['heads']} heads), batch 1, float32, "
+    "median of the timed steps; "
     "caches filled directly (not by prefill)."
   )
   common.write_results("decode", {"machine": common.machine(), "rows": rows}, table)

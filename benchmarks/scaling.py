@@ -5,6 +5,7 @@ At each L (B=1, D=512, 8 heads, float32), in a fresh process per case, the media
   fft_floor     rfft + irfft of the same [B, H, K, L] data at the same FFT size: what any FFT conv pays;
   wave_mixer    the whole WaveFieldMixer (projections, short conv, wave conv, gate);
   attention     the whole Attention mixer of the same width (XLA causal softmax attention);
+  attention_cudnn  the same with cuDNN's fused attention in bf16 (--gpu only);
 forward, and forward + backward (the gradient of the summed output with respect to the input).
 Peak memory is the process's peak RSS above its RSS before the first call.
 
@@ -58,8 +59,11 @@ def measure(case: dict) -> dict:
     x = jnp.asarray(rng.standard_normal((1, length, dim)), jnp.float32)
     if kind == "wave_mixer":
       module = layers.WaveFieldMixer(dim, heads, max_len=length, rngs=nnx.Rngs(0))
-    else:
+    elif kind == "attention":
       module = layers.Attention(dim, heads, implementation="xla", rngs=nnx.Rngs(0))
+    else:  # cuDNN's fused attention takes bf16 / fp16 only
+      module = layers.Attention(dim, heads, implementation="cudnn", dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+      x = x.astype(jnp.bfloat16)
     graphdef, state = nnx.split(module)
     fn = lambda x: nnx.merge(graphdef, state)(x)  # noqa: E731
   if pass_ == "forward":
@@ -81,14 +85,16 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--attention-max", type=int, default=16384, help="longest L to try attention at")
   parser.add_argument("--timeout", type=float, default=600)
+  parser.add_argument("--gpu", action="store_true", help="also time cuDNN attention")
   args = parser.parse_args()
   lengths = [int(v) for v in args.lengths.split(",")]
+  kinds = KINDS + ("attention_cudnn",) if args.gpu else KINDS
   rows = []
   for pass_ in ("forward", "forward+backward"):
-    for kind in KINDS:
+    for kind in kinds:
       failed = False
       for length in lengths:
-        if failed or (kind == "attention" and length > args.attention_max):
+        if failed or (kind.startswith("attention") and length > args.attention_max):
           rows.append({"kind": kind, "pass": pass_, "length": length, "error": "skipped (longer than what ran)"})
           continue
         case = {"kind": kind, "pass": pass_, "length": length, "repeats": args.repeats}
@@ -96,10 +102,10 @@ def main() -> None:
         print(result, flush=True)
         rows.append(result)
         failed = "error" in result
-  write(rows, lengths)
+  write(rows, lengths, kinds)
 
 
-def write(rows: list[dict], lengths: list[int]) -> None:
+def write(rows: list[dict], lengths: list[int], kinds: tuple[str, ...] = KINDS) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
@@ -112,7 +118,7 @@ def write(rows: list[dict], lengths: list[int]) -> None:
     for length in lengths:
       get = lambda kind, key, p=pass_, n=length: by[(kind, p, n)].get(key, math.nan)  # noqa: E731
       cells = [f"{length:,}"]
-      for kind in KINDS:
+      for kind in kinds:
         ms, mib = get(kind, "median_ms"), get(kind, "peak_mib")
         cells.append("—" if math.isnan(ms) else f"{ms:,.1f} ms / {mib:,.0f} MiB")
       cells.append(f"{get('wave_conv', 'median_ms') / get('fft_floor', 'median_ms'):.2f}")
@@ -121,9 +127,9 @@ def write(rows: list[dict], lengths: list[int]) -> None:
       memory = get("attention", "peak_mib") / max(get("wave_mixer", "peak_mib"), 1.0)
       cells.append("—" if math.isnan(memory) else f"{memory:,.1f}x")
       table_rows.append(cells)
-    header = ["L", *KINDS, "wave_conv / floor", "attention / wave_mixer time", "attention / wave_mixer memory"]
+    header = ["L", *kinds, "wave_conv / floor", "attention / wave_mixer time", "attention / wave_mixer memory"]
     slopes = {}
-    for kind in KINDS:
+    for kind in kinds:
       xs = [n for n in lengths if "median_ms" in by[(kind, pass_, n)]]
       if len(xs) >= 2:
         slopes[kind] = slope(xs, [by[(kind, pass_, n)]["median_ms"] for n in xs])
@@ -134,8 +140,9 @@ def write(rows: list[dict], lengths: list[int]) -> None:
   common.write_results("scaling", {"machine": common.machine(), "rows": rows, "slopes": summary}, table)
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
   colours = {"wave_conv": "tab:blue", "fft_floor": "tab:gray", "wave_mixer": "tab:green", "attention": "tab:red"}
+  colours["attention_cudnn"] = "tab:orange"
   for ax, pass_ in zip(axes, ("forward", "forward+backward"), strict=True):
-    for kind in KINDS:
+    for kind in kinds:
       xs = [n for n in lengths if "median_ms" in by[(kind, pass_, n)]]
       ax.plot(xs, [by[(kind, pass_, n)]["median_ms"] for n in xs], "o-", color=colours[kind], label=kind)
     ax.set_xscale("log", base=2)

@@ -24,19 +24,12 @@ def measure(case: dict) -> dict:
   import jax.numpy as jnp
 
   from wavefield_jax.config import base_config
-  from wavefield_jax.train_lib import build_model, make_optimizer, make_train_step, param_labels
+  from wavefield_jax.train_lib import init_state, make_train_step
 
   config = base_config()
   config.model.mixers = MIXERS[case["model"]]
   config.model.max_len = case["length"]
-  graphdef, params, model = build_model(config, seed=0)
-  optimizer = make_optimizer(config.train, param_labels(model, params))
-  state = {
-    "params": params,
-    "opt_state": optimizer.init(params),
-    "step": jnp.zeros((), jnp.int32),
-    "rng": jnp.zeros(2, jnp.uint32),
-  }
+  graphdef, state, optimizer = init_state(config, seed=0)
   step = make_train_step(graphdef, optimizer, skip_nonfinite=False)
   batch_size = max(1, TOKENS_PER_STEP // case["length"])
   batch = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch_size, case["length"] + 1)), jnp.int32)

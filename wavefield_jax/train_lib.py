@@ -60,6 +60,21 @@ def param_labels(model: WaveFieldLM, params: dict) -> dict:
   return jax.tree_util.tree_map_with_path(label, params)
 
 
+def init_state(
+  config: ml_collections.ConfigDict, seed: int
+) -> tuple[nnx.GraphDef, State, optax.GradientTransformation]:
+  """A fresh train state {"params", "opt_state", "step", "rng"}, its graph definition and the optimizer."""
+  graphdef, params, model = build_model(config, seed)
+  optimizer = make_optimizer(config.train, param_labels(model, params))
+  state = {
+    "params": params,
+    "opt_state": optimizer.init(params),
+    "step": jnp.zeros((), jnp.int32),
+    "rng": jax.random.key_data(jax.random.key(seed + 1)),
+  }
+  return graphdef, state, optimizer
+
+
 def make_optimizer(train: ml_collections.ConfigDict, labels: dict) -> optax.GradientTransformation:
   """AdamW with linear warmup and cosine decay, global-norm clipping, and three parameter groups."""
 
@@ -88,13 +103,20 @@ def token_losses(graphdef: nnx.GraphDef, params: dict, batch: jax.Array) -> jax.
 
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, skip_nonfinite: bool) -> Callable:
-  """The jitted step: (state, batch [B, L + 1]) -> (state, {"loss", "grad_norm", "finite"}), state donated."""
+  """The jitted step: (state, batch [B, L + 1], weights [B, L] or None) -> (state, metrics), state donated.
 
-  def loss_fn(params, batch):
-    return token_losses(graphdef, params, batch).mean()
+  The loss is the mean next-token cross entropy, or its weighted mean where weights are given (e.g. only
+  the answers of a recall task). Metrics: "loss", "grad_norm", "finite".
+  """
 
-  def step(state: State, batch: jax.Array) -> tuple[State, dict]:
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch)
+  def loss_fn(params, batch, weights):
+    losses = token_losses(graphdef, params, batch)  # [B, L]
+    if weights is None:
+      return losses.mean()
+    return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+  def step(state: State, batch: jax.Array, weights: jax.Array | None = None) -> tuple[State, dict]:
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, weights)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
@@ -199,14 +221,7 @@ def load_trained(
   step = checkpointer.latest_step() if step is None else step
   if step is None:
     raise CheckpointError(f"{workdir / 'checkpoints'} holds no complete checkpoint")
-  graphdef, params, model = build_model(config, seed=0)
-  optimizer = make_optimizer(config.train, param_labels(model, params))  # for the state's structure only
-  like = {
-    "params": params,
-    "opt_state": optimizer.init(params),
-    "step": jnp.zeros((), jnp.int32),
-    "rng": jax.random.key_data(jax.random.key(0)),
-  }
+  graphdef, like, _ = init_state(config, seed=0)  # the structure to restore into
   state, _ = checkpointer.restore(step, like)
   checkpointer.close()
   return graphdef, state["params"], config, step
@@ -262,14 +277,7 @@ def train_and_evaluate(
     raise ValueError(
       f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's {corpus.tokenizer.vocab_size}"
     )
-  graphdef, params, model = build_model(config, config.seed)
-  optimizer = make_optimizer(train, param_labels(model, params))
-  state = {
-    "params": params,
-    "opt_state": optimizer.init(params),
-    "step": jnp.zeros((), jnp.int32),
-    "rng": jax.random.key_data(jax.random.key(config.seed + 1)),
-  }
+  graphdef, state, optimizer = init_state(config, config.seed)
   dataset = data_lib.train_dataset(
     corpus.tokens["train"], config.data.seq_len, train.batch_size, config.seed, jax.process_index(), jax.process_count()
   )
@@ -288,7 +296,7 @@ def train_and_evaluate(
   )
   token_bytes = jnp.asarray(corpus.tokenizer.token_bytes)
   metrics_path = workdir / "metrics.jsonl"
-  counts = count_params(model)
+  counts = count_params(nnx.merge(graphdef, state["params"]))
   mixers = tuple(config.model.mixers)
   print(f"model: {counts['total']:,} parameters ({counts['wave_constants']} physical constants); mixers {mixers}")
   if start:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wavefield_jax import physics
+from wavefield_jax import physics, sharding
 
 Cache = dict[str, Any]
 
@@ -105,13 +105,17 @@ class WaveFieldMixer(nnx.Module):
     max_len: int,
     conv_width: int = 4,
     dtype: Any = jnp.float32,
+    mesh: jax.sharding.Mesh | None = None,
     rngs: nnx.Rngs,
   ):
+    """mesh: with a ("data", "seq") mesh, the parallel forward runs the wave convolution inside
+    shard_map, positions split over "seq" (`sharding.sharded_wave_conv`)."""
     if dim % num_heads:
       raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
     if conv_width < 1:
       raise ValueError(f"conv_width must be >= 1; got {conv_width}")
     self.dim, self.num_heads, self.conv_width, self.dtype = dim, num_heads, conv_width, dtype
+    self.mesh = mesh
     self.in_proj = nnx.Linear(dim, 4 * dim, use_bias=False, dtype=dtype, rngs=rngs)  # q, k, v, gate
     # The short conv starts as the identity plus noise: each of q, k, v first sees its own token.
     noise = 0.1 * jax.random.normal(rngs.params(), (conv_width, 3 * dim)) / math.sqrt(conv_width)
@@ -148,8 +152,12 @@ class WaveFieldMixer(nnx.Module):
     return self.output(z, gate)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    """[B, L, D] -> [B, L, D], the FFT path."""
-    return self.prefill(x)[0]
+    """[B, L, D] -> [B, L, D], the FFT path (sharded over the mesh if the mixer has one)."""
+    if self.mesh is None:
+      return self.prefill(x)[0]
+    q, u, gate, _ = self._sources(x, None)
+    y = sharding.sharded_wave_conv(u, *self.constants(), self.mesh)
+    return self._readout(q, y, gate)
 
   def prefill(self, x: jax.Array, cache: Cache | None = None) -> tuple[jax.Array, Cache]:
     """Parallel forward over x [B, L, D], continuing from `cache` if given; returns y and the new cache."""

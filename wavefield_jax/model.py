@@ -18,7 +18,8 @@ class WaveFieldLM(nnx.Module):
   (the parallel paths over a prompt) and `step` (one token, O(1) for wave layers) share every weight.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs, mesh: jax.sharding.Mesh | None = None):
+    """mesh: a ("data", "seq") mesh for the wave layers' sharded convolution (see `sharding`)."""
     validate_model_config(config)
     self.config = config
     dtype = jnp.dtype(config.dtype)
@@ -27,7 +28,13 @@ class WaveFieldLM(nnx.Module):
     for kind in config.mixers:
       if kind == "wave":
         mixer = layers.WaveFieldMixer(
-          config.dim, config.num_heads, max_len=config.max_len, conv_width=config.conv_width, dtype=dtype, rngs=rngs
+          config.dim,
+          config.num_heads,
+          max_len=config.max_len,
+          conv_width=config.conv_width,
+          dtype=dtype,
+          mesh=mesh,
+          rngs=rngs,
         )
       else:
         mixer = layers.Attention(

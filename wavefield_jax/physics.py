@@ -277,6 +277,12 @@ def state_response(state: jax.Array, speed: jax.Array, damping: jax.Array, phase
   return _norm(damping)[None, None, :, None] * jnp.real(jnp.einsum("hl,bhk->blhk", powers, state))
 
 
+def state_decay(speed: jax.Array, damping: jax.Array, steps: int) -> jax.Array:
+  """lambda**steps = exp((-damping + i speed) * steps), [H] complex: what a state becomes after `steps`
+  positions without new sources."""
+  return _powers(speed, damping, 1, offset=steps)[:, 0]
+
+
 def wave_conv_chunked(
   u: jax.Array,
   speed: jax.Array,
@@ -317,7 +323,7 @@ def wave_conv_chunked(
   local_states = jax.vmap(lambda c: wave_state(c, speed, damping))(chunks)  # [C, B, H, K]
 
   # State entering chunk j: s_j = lambda**T s_{j-1} + z_{j-1}, a short scan over chunks.
-  hop = _powers(speed, damping, 1, offset=chunk_size)[:, 0]  # [H]: lambda**T
+  hop = state_decay(speed, damping, chunk_size)  # [H]: lambda**T
   initial_state = _check_state(initial_state, u, speed.dtype)
 
   def carry(state, chunk_state):
@@ -328,7 +334,7 @@ def wave_conv_chunked(
   y = jnp.moveaxis(local + incoming, 0, 1).reshape(batch, padded, heads, channels)[:, :length]
   # The state after the real last position, not after the zero padding that follows it.
   tail = length - (num_chunks - 1) * chunk_size
-  tail_hop = _powers(speed, damping, 1, offset=tail)[:, 0]  # [H]: lambda**tail
+  tail_hop = state_decay(speed, damping, tail)  # [H]: lambda**tail
   tail_sources = u[:, (num_chunks - 1) * chunk_size :]  # [B, tail, H, K]
   final_state = tail_hop[None, :, None] * entering[-1] + wave_state(tail_sources, speed, damping)
   return y.astype(u.dtype), final_state
@@ -347,7 +353,7 @@ def wave_step(
   Returns:
     The new [B, H, K] complex64 state, and y_t [B, H, K] float32 = norm * Re(exp(i phase) state).
   """
-  decay = _powers(speed, damping, 1, offset=1)[:, 0]  # [H]: lambda
+  decay = state_decay(speed, damping, 1)  # [H]: lambda
   state = decay[None, :, None] * state + u_t.astype(decay.dtype)
   y_t = _norm(damping)[None, :, None] * jnp.real(_rotation(phase)[None, :, None] * state)
   return state, y_t

@@ -37,9 +37,9 @@ class TrainingError(RuntimeError):
   """A run that cannot go on (non-finite loss, unusable workdir); the last good checkpoint is kept."""
 
 
-def build_model(config: ml_collections.ConfigDict, seed: int) -> tuple[nnx.GraphDef, dict, WaveFieldLM]:
+def build_model(config: ml_collections.ConfigDict, seed: int, mesh=None) -> tuple[nnx.GraphDef, dict, WaveFieldLM]:
   """The model, its graph definition, and its parameters as a pure dict (what the train state holds)."""
-  model = WaveFieldLM(config.model, rngs=nnx.Rngs(seed))
+  model = WaveFieldLM(config.model, rngs=nnx.Rngs(seed), mesh=mesh)
   graphdef, state = nnx.split(model)
   return graphdef, nnx.to_pure_dict(state), model
 
@@ -61,10 +61,11 @@ def param_labels(model: WaveFieldLM, params: dict) -> dict:
 
 
 def init_state(
-  config: ml_collections.ConfigDict, seed: int
+  config: ml_collections.ConfigDict, seed: int, mesh=None
 ) -> tuple[nnx.GraphDef, State, optax.GradientTransformation]:
-  """A fresh train state {"params", "opt_state", "step", "rng"}, its graph definition and the optimizer."""
-  graphdef, params, model = build_model(config, seed)
+  """A fresh train state {"params", "opt_state", "step", "rng"}, its graph definition and the optimizer.
+  With a mesh, the model's wave layers run their convolution sharded over it (see `sharding`)."""
+  graphdef, params, model = build_model(config, seed, mesh)
   optimizer = make_optimizer(config.train, param_labels(model, params))
   state = {
     "params": params,
@@ -102,11 +103,17 @@ def token_losses(graphdef: nnx.GraphDef, params: dict, batch: jax.Array) -> jax.
   return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:])
 
 
-def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, skip_nonfinite: bool) -> Callable:
+def make_train_step(
+  graphdef: nnx.GraphDef,
+  optimizer: optax.GradientTransformation,
+  skip_nonfinite: bool,
+  shardings: tuple[Any, Any] | None = None,
+) -> Callable:
   """The jitted step: (state, batch [B, L + 1], weights [B, L] or None) -> (state, metrics), state donated.
 
   The loss is the mean next-token cross entropy, or its weighted mean where weights are given (e.g. only
-  the answers of a recall task). Metrics: "loss", "grad_norm", "finite".
+  the answers of a recall task). Metrics: "loss", "grad_norm", "finite". With shardings = (state
+  shardings, batch sharding) the step is compiled for them (see `sharding`); pass weights by keyword.
   """
 
   def loss_fn(params, batch, weights):
@@ -128,7 +135,12 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
     return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
-  return jax.jit(step, donate_argnums=0)
+  if shardings is None:
+    return jax.jit(step, donate_argnums=0)
+  state_sharding, batch_sharding = shardings
+  return jax.jit(
+    step, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None), donate_argnums=0
+  )
 
 
 def make_eval_step(graphdef: nnx.GraphDef) -> Callable:

@@ -85,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
       tfds_test_split="test",
     )
   )
+  # With several devices: a (data, seq) mesh over all of them, data = devices / seq; fsdp splits the
+  # parameters and optimizer state over data instead of replicating them.
+  config.mesh = ml_collections.ConfigDict(dict(seq=1, fsdp=False))
   config.train = ml_collections.ConfigDict(
     dict(
       steps=1000,
@@ -133,6 +136,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ("weight_decay", "final_learning_rate_fraction", "sample_temperature"):
     if not train[key] >= 0:
       raise ValueError(f"train.{key} must be >= 0; got {train[key]!r}")
+  if not isinstance(config.mesh.seq, int) or config.mesh.seq < 1:
+    raise ValueError(f"mesh.seq must be a positive integer; got {config.mesh.seq!r}")
+  if data.seq_len % config.mesh.seq:
+    raise ValueError(f"data.seq_len={data.seq_len} must be divisible by mesh.seq={config.mesh.seq}")
   if train.on_nonfinite not in ("stop", "skip"):
     raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip'; got {train.on_nonfinite!r}")
   if data.tokenizer == "gpt2" and config.model.vocab_size < 50257:

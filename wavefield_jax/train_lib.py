@@ -24,6 +24,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from wavefield_jax import data as data_lib
+from wavefield_jax import sharding
 from wavefield_jax.checkpointing import Checkpointer, CheckpointError
 from wavefield_jax.config import validate_config
 from wavefield_jax.generate import generate
@@ -289,7 +290,20 @@ def train_and_evaluate(
     raise ValueError(
       f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's {corpus.tokenizer.vocab_size}"
     )
-  graphdef, state, optimizer = init_state(config, config.seed)
+  mesh = None
+  if jax.device_count() > 1:  # data (and optionally sequence) parallel over every device
+    mesh = sharding.make_mesh(seq=config.mesh.seq)
+    local_data = mesh.shape[sharding.DATA] // jax.process_count()
+    if train.batch_size % local_data:
+      raise ValueError(
+        f"train.batch_size={train.batch_size} must be divisible by the {local_data} data-parallel devices"
+      )
+  graphdef, state, optimizer = init_state(config, config.seed, mesh)
+  shardings = None
+  if mesh is not None:
+    state_sharding = sharding.state_shardings(mesh, state, fsdp=config.mesh.fsdp)
+    state = jax.device_put(state, state_sharding)  # restored checkpoints take these shardings too
+    shardings = (state_sharding, sharding.batch_sharding(mesh))
   dataset = data_lib.train_dataset(
     corpus.tokens["train"], config.data.seq_len, train.batch_size, config.seed, jax.process_index(), jax.process_count()
   )
@@ -301,7 +315,14 @@ def train_and_evaluate(
     batches.set_state(data_state)
   start = int(state["step"])
 
-  train_step = make_train_step(graphdef, optimizer, skip_nonfinite=train.on_nonfinite == "skip")
+  train_step = make_train_step(graphdef, optimizer, train.on_nonfinite == "skip", shardings)
+
+  def global_batch(local: np.ndarray) -> jax.Array:
+    """This process's batch as (its part of) the global batch array."""
+    if mesh is None:
+      return jnp.asarray(local)
+    return jax.make_array_from_process_local_data(shardings[1], local)
+
   eval_step = make_eval_step(graphdef)
   valid_windows, valid_weights = data_lib.eval_windows(
     corpus.tokens["validation"], config.data.seq_len, train.eval_windows or None
@@ -355,7 +376,7 @@ def train_and_evaluate(
   try:
     with tqdm(total=train.steps, initial=start, desc="train", unit="step", dynamic_ncols=True) as bar:
       for step in range(start, train.steps):
-        state, metrics = train_step(state, jnp.asarray(next(batches)))
+        state, metrics = train_step(state, global_batch(next(batches)))
         pending.append((step + 1, metrics))
         done = step + 1
         if done % train.log_every == 0 or done == train.steps:

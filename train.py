@@ -13,6 +13,9 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Path to a config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.", required=True)
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (multi-host runs).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (default: from the cluster).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (default: from the cluster).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (default: from the cluster).")
 
 
 def main(argv):
@@ -21,7 +24,13 @@ def main(argv):
   if _MULTIHOST.value:
     import jax
 
-    jax.distributed.initialize()
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes need it; GPUs/TPUs ignore it
+    given = {
+      "coordinator_address": _COORDINATOR.value,
+      "num_processes": _NUM_PROCESSES.value,
+      "process_id": _PROCESS_ID.value,
+    }
+    jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
   from wavefield_jax.checkpointing import CheckpointError
   from wavefield_jax.data import DataError
   from wavefield_jax.train_lib import TrainingError, train_and_evaluate

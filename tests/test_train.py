@@ -163,3 +163,41 @@ def test_evaluate_scores_unseen_text(tmp_path, text_files):
   (result,) = scores["files"]
   assert scores["step"] == 5 and result["bytes"] == 40 * 20 - 1
   assert 0 < result["bpb"] < 8.5 and abs(result["bpb"] - result["loss"] / 0.6931471805599453) < 1e-9
+
+
+def test_two_processes_on_localhost_agree_with_one(tmp_path):
+  # A text with period 16: every window of 32 is the same, so however the processes split and shuffle
+  # the windows, the global batch is the same as one process's: the losses must agree.
+  (tmp_path / "periodic.txt").write_text("wave field jax! " * 2000)
+  config_file = tmp_path / "tiny.py"
+  config_file.write_text(TINY_CONFIG_FILE.replace("steps=24", "steps=6").replace("sample_tokens=8", "sample_tokens=0"))
+  corpus = str(tmp_path / "periodic.txt")
+  port = 20000 + os.getpid() % 20000
+  processes = []
+  for rank in range(2):
+    command = [
+      sys.executable,
+      str(REPO / "train.py"),
+      f"--config={config_file}",
+      f"--workdir={tmp_path / 'two'}",
+      f"--config.data.files.train={corpus}",
+      f"--config.data.tfds_dir={tmp_path / f'tfds{rank}'}",
+      "--multihost",
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={rank}",
+    ]
+    env = os.environ | {"XLA_FLAGS": ""}  # one CPU device per process
+    processes.append(
+      subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    )
+  single = run_train(config_file, tmp_path / "one", corpus, "--config.train.steps=6", "--config.train.sample_tokens=0")
+  assert single.returncode == 0, single.stderr[-2000:]
+  for process in processes:
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-2000:]
+  want, got = read_losses(tmp_path / "one"), read_losses(tmp_path / "two")
+  assert sorted(got) == list(range(1, 7))
+  for step in want:
+    assert abs(want[step] - got[step]) <= 1e-5 * abs(want[step]), (step, want[step], got[step])
+  assert (tmp_path / "two" / "checkpoints" / "6").is_dir()

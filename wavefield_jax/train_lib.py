@@ -207,7 +207,7 @@ def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
         f"workdir {workdir} holds checkpoints of a different config ({'; '.join(diff)}). "
         "Use another --workdir, or the config that wrote them; nothing was changed."
       )
-  else:
+  elif jax.process_index() == 0:
     record_path.write_text(json.dumps(record, indent=1) + "\n")
 
 
@@ -305,7 +305,12 @@ def train_and_evaluate(
     state = jax.device_put(state, state_sharding)  # restored checkpoints take these shardings too
     shardings = (state_sharding, sharding.batch_sharding(mesh))
   dataset = data_lib.train_dataset(
-    corpus.tokens["train"], config.data.seq_len, train.batch_size, config.seed, jax.process_index(), jax.process_count()
+    corpus.tokens["train"],
+    config.data.seq_len,
+    train.batch_size // jax.process_count(),  # train.batch_size is the global batch
+    config.seed,
+    jax.process_index(),
+    jax.process_count(),
   )
   batches = iter(dataset)
   checkpointer = Checkpointer(workdir / "checkpoints", keep=train.keep_checkpoints)
@@ -335,17 +340,24 @@ def train_and_evaluate(
   if start:
     print(f"resuming from step {start} in {workdir}")
 
+  lead = jax.process_index() == 0  # one process writes metrics, samples and plots
+
   def log(record: dict) -> None:
+    if not lead:
+      return
     with metrics_path.open("a") as f:
       f.write(json.dumps(record) + "\n")
 
   def run_eval(step: int) -> dict:
     result = evaluate(eval_step, state["params"], valid_windows, valid_weights, token_bytes, train.batch_size)
     log({"kind": "eval", "step": step} | result)
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
-    text = sample_text(graphdef, state["params"], corpus, train, rng)
-    with (workdir / "samples.txt").open("a") as f:
-      f.write(f"--- step {step}, validation {result['bpb']:.3f} bits per byte ---\n{text}\n\n")
+    text = ""
+    if jax.process_count() == 1:  # sampling runs on one process's devices: left out of multi-process runs
+      rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+      text = sample_text(graphdef, state["params"], corpus, train, rng)
+    if lead:
+      with (workdir / "samples.txt").open("a") as f:
+        f.write(f"--- step {step}, validation {result['bpb']:.3f} bits per byte ---\n{text}\n\n")
     return result | {"sample": text}
 
   def save(step: int, force: bool = False) -> None:
@@ -403,7 +415,8 @@ def train_and_evaluate(
     checkpointer.wait()
     final = int(state["step"])
     result = run_eval(final)
-    plot_losses(metrics_path, workdir / "loss.png")
+    if lead:
+      plot_losses(metrics_path, workdir / "loss.png")
   finally:
     signal.signal(signal.SIGINT, previous_handler)
     checkpointer.close()

@@ -9,7 +9,7 @@ from reference import conv_f64, random_problem, relative_error
 import wavefield_jax as wf
 from wavefield_jax import sharding
 from wavefield_jax.config import base_config
-from wavefield_jax.train_lib import init_state, make_train_step
+from wavefield_jax.train_lib import init_state, make_train_step, token_losses
 
 
 def test_eight_devices():
@@ -62,9 +62,19 @@ def one_step(mesh, batch, fsdp=False):
   return float(metrics["loss"]), float(metrics["grad_norm"]), new_state["params"], step, state
 
 
+def gradients(mesh, batch):
+  graphdef, state, _ = init_state(tiny_config(), seed=0, mesh=mesh)
+  if mesh is not None:
+    batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+  return jax.jit(jax.grad(lambda params: token_losses(graphdef, params, batch).mean()))(state["params"])
+
+
 @pytest.mark.parametrize("data, seq, fsdp", [(8, 1, False), (2, 4, False), (8, 1, True)])
 def test_sharded_train_step_equals_one_device(rng, data, seq, fsdp):
   batch = jnp.asarray(rng.integers(0, 256, (8, 65)), jnp.int32)
+  want_grads, got_grads = gradients(None, batch), gradients(sharding.make_mesh(data, seq), batch)
+  for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+    assert relative_error(got, want) < 1e-5
   want_loss, want_norm, want_params, _, _ = one_step(None, batch)
   got_loss, got_norm, got_params, _, _ = one_step(sharding.make_mesh(data, seq), batch, fsdp)
   assert abs(got_loss - want_loss) <= 1e-5 * abs(want_loss)

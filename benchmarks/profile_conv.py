@@ -1,0 +1,61 @@
+"""Where the time goes: the wave convolution against its FFT floor, and the mixer against its projections.
+
+At L = 32k (B=1, D=512, 8 heads, float32, median of 5): wave_conv, the bare rfft + irfft on data already
+laid out [B, H, K, L], one [B, L, H, K] -> [B, H, K, L] transpose, the kernel and its spectrum; and at
+L = 8k the wave mixer's forward against its projections alone (in: D -> 4D, out: D -> D).
+
+  python -m benchmarks.profile_conv
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+
+
+def median_ms(fn, x) -> float:
+  return 1e3 * common.time_call(lambda: jax.block_until_ready(fn(x)), repeats=5, warmup=1)["median_s"]
+
+
+def main() -> None:
+  from flax import nnx
+
+  from wavefield_jax import layers, physics
+
+  rng = np.random.default_rng(0)
+  length, dim, heads = 32768, 512, 8
+  u = jnp.asarray(rng.standard_normal((1, length, heads, dim // heads)), jnp.float32)
+  c, g, p = layers.initial_constants(heads, length, jax.random.key(0))
+  n = physics.fft_length(length)
+  u_heads_last = jnp.transpose(u, (0, 2, 3, 1))
+  conv = {
+    "wave_conv": (jax.jit(lambda x: physics.wave_conv(x, c, g, p)), u),
+    "rfft + irfft (floor)": (
+      jax.jit(lambda x: jnp.fft.irfft(jnp.fft.rfft(x, n=n, axis=-1), n=n, axis=-1)[..., :length]),
+      u_heads_last,
+    ),
+    "one transpose": (jax.jit(lambda x: jnp.transpose(x, (0, 2, 3, 1)) + 0), u),
+    "kernel + spectrum": (jax.jit(lambda c: jnp.fft.rfft(physics.wave_kernel(c, g, p, length), n=n)), c),
+  }
+  rows = [[f"L={length:,}", name, f"{median_ms(fn, x):,.1f}"] for name, (fn, x) in conv.items()]
+  mixer = layers.WaveFieldMixer(dim, heads, max_len=8192, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(mixer)
+  x = jnp.asarray(rng.standard_normal((1, 8192, dim)), jnp.float32)
+
+  def projections(x):
+    m = nnx.merge(graphdef, state)
+    return m.output.out_proj(m.in_proj(x)[..., :dim])
+
+  rows.append(
+    ["L=8,192", "wave mixer forward", f"{median_ms(jax.jit(lambda x: nnx.merge(graphdef, state)(x)), x):,.1f}"]
+  )
+  rows.append(["L=8,192", "its projections alone", f"{median_ms(jax.jit(projections), x):,.1f}"])
+  table = common.markdown_table(["shape", "what", "median ms"], rows)
+  common.write_results("profile_conv", {"machine": common.machine(), "rows": rows}, table)
+
+
+if __name__ == "__main__":
+  main()

@@ -22,8 +22,13 @@ test: $(STAMP)
 	$(BIN)/python -m ruff format --check .
 	$(BIN)/python -m pytest
 
+# The CPU benchmark set (about 40 minutes on 2 cores); quality and recall train models and take longer:
+# run them by hand (`python -m benchmarks.quality`, `python -m benchmarks.recall`).
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run_cpu
+	$(BIN)/python -m benchmarks.scaling --repeats 3
+	$(BIN)/python -m benchmarks.throughput
+	$(BIN)/python -m benchmarks.decode
+	$(BIN)/python -m benchmarks.profile_conv
 
 lint format: $(STAMP)
 	$(BIN)/python -m ruff format .

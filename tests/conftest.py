@@ -7,8 +7,15 @@ os.environ["XLA_FLAGS"] = " ".join(
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# hypothesis is imported here, at a shallow stack: imported lazily by its pytest plugin during the terminal
+# summary, its assertion-rewritten modules hit CPython 3.11.7's "AST constructor recursion depth mismatch".
+import hypothesis  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+# JIT compilation makes the first example of a property slow; time limits per example would only flake.
+hypothesis.settings.register_profile("wavefield", deadline=None, print_blob=True)
+hypothesis.settings.load_profile("wavefield")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ Each model (2 layers, D=64, 4 heads: wave-wave, attention-attention, wave-attent
 random sequences with the loss on the answers only, then scored on 512 unseen sequences: accuracy is
 the fraction of answers whose argmax is right. Same steps, batch and learning rate for every model.
 
-  python -m benchmarks.recall [--lengths 256,1024] [--steps 1500]
+  python -m benchmarks.recall [--lengths 256,1024] [--steps 800] [--tokens-per-step 4096]
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from benchmarks import common
 MODULE = "benchmarks.recall"
 MIXERS = {"wave": ("wave", "wave"), "transformer": ("attention", "attention"), "hybrid": ("wave", "attention")}
 PAIRS = 16
-TOKENS_PER_STEP = 8192
 
 
 def mqar(rng: np.random.Generator, batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +66,7 @@ def measure(case: dict) -> dict:
   graphdef, state, optimizer = init_state(config, seed=0)
   step = make_train_step(graphdef, optimizer, skip_nonfinite=False)
   task = TASKS[case["task"]]
-  batch_size = max(1, TOKENS_PER_STEP // case["length"])
+  batch_size = max(1, case["tokens_per_step"] // case["length"])
   rng = np.random.default_rng(1)
   for _ in range(case["steps"]):
     tokens, weights = task(rng, batch_size, case["length"])
@@ -91,7 +90,8 @@ def measure(case: dict) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--lengths", default="256,1024")
-  parser.add_argument("--steps", type=int, default=1500)
+  parser.add_argument("--steps", type=int, default=800)
+  parser.add_argument("--tokens-per-step", type=int, default=4096)
   parser.add_argument("--tasks", default="mqar,induction")
   args = parser.parse_args()
   lengths = [int(v) for v in args.lengths.split(",")]
@@ -101,13 +101,14 @@ def main() -> None:
     for length in lengths:
       for model in MIXERS:
         case = {"task": task, "length": length, "model": model, "steps": args.steps}
+        case["tokens_per_step"] = args.tokens_per_step
         result = common.run_case(MODULE, case, timeout=3600)
         print(result, flush=True)
         rows.append(result)
-  write(rows, tasks, lengths, args.steps)
+  write(rows, tasks, lengths, args.steps, args.tokens_per_step)
 
 
-def write(rows: list[dict], tasks: list[str], lengths: list[int], steps: int) -> None:
+def write(rows: list[dict], tasks: list[str], lengths: list[int], steps: int, tokens_per_step: int) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
@@ -120,8 +121,12 @@ def write(rows: list[dict], tasks: list[str], lengths: list[int], steps: int) ->
     for length in lengths
   ]
   table = common.markdown_table(["task", "L", *(f"{m} accuracy" for m in MIXERS)], table_rows)
-  table += f"\n\n2 layers, D=64, {steps} steps of {TOKENS_PER_STEP} tokens, loss on answers only; 512 unseen sequences."
-  common.write_results("recall", {"machine": common.machine(), "steps": steps, "rows": rows}, table)
+  table += (
+    f"\n\n2 layers, D=64, {steps} steps of {tokens_per_step:,} tokens, loss on answers only; 512 unseen sequences."
+  )
+  common.write_results(
+    "recall", {"machine": common.machine(), "steps": steps, "tokens_per_step": tokens_per_step, "rows": rows}, table
+  )
   fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
   width = 0.8 / len(MIXERS)
   for ax, task in zip(axes[0], tasks, strict=True):

@@ -197,6 +197,7 @@ def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
   record = json.loads(json.dumps(config_record(config)))
   if record_path.exists():
     saved, wanted = _flatten(json.loads(record_path.read_text())), _flatten(record)
+    saved.pop("seed", None)  # kept for analysis (the initial model); a checkpoint does not depend on it
     diff = [
       f"{k}: checkpoint {saved.get(k)!r} vs config {wanted.get(k)!r}"
       for k in sorted(saved | wanted)
@@ -208,7 +209,7 @@ def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
         "Use another --workdir, or the config that wrote them; nothing was changed."
       )
   elif jax.process_index() == 0:
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    record_path.write_text(json.dumps(record | {"seed": config.seed}, indent=1) + "\n")
 
 
 def load_trained(
@@ -217,7 +218,7 @@ def load_trained(
   """The model of a training workdir at its latest (or the given) checkpoint.
 
   Returns:
-    graphdef, params, the config (base defaults with the workdir's model, tokenizer and seq_len), step.
+    graphdef, params, the config (base defaults with the workdir's model, tokenizer, seq_len and seed), step.
   """
   from wavefield_jax.config import base_config
 
@@ -230,6 +231,7 @@ def load_trained(
   config.model.update(record["model"])
   config.model.mixers = tuple(record["model"]["mixers"])
   config.data.tokenizer, config.data.seq_len = record["tokenizer"], record["seq_len"]
+  config.seed = record.get("seed", config.seed)
   checkpointer = Checkpointer(workdir / "checkpoints", asynchronous=False)
   step = checkpointer.latest_step() if step is None else step
   if step is None:

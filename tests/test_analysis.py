@@ -1,0 +1,157 @@
+"""The analysis API against hand-computable cases, exact Jacobians and finite differences."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from reference import relative_error
+
+from wavefield_jax import analysis, data
+from wavefield_jax.config import model_config
+from wavefield_jax.layers import WaveFieldMixer, inverse_softplus
+from wavefield_jax.model import WaveFieldLM
+from wavefield_jax.train_lib import train_and_evaluate
+
+VOCAB = 23
+
+
+def set_constants(mixer: WaveFieldMixer, speed, damping, phase) -> None:
+  mixer.speed_raw[...] = inverse_softplus(jnp.asarray(speed, jnp.float32))
+  mixer.damping_log[...] = jnp.log(jnp.asarray(damping, jnp.float32))
+  mixer.phase[...] = jnp.asarray(phase, jnp.float32)
+
+
+def tiny_lm(seed: int, mixers=("wave", "attention", "wave")) -> WaveFieldLM:
+  config = model_config(vocab_size=VOCAB, dim=16, num_layers=len(mixers), num_heads=2, mixers=mixers, mlp_dim=32)
+  return WaveFieldLM(config, rngs=nnx.Rngs(seed))
+
+
+def test_a_head_with_known_constants_has_the_known_decay_length_and_period(rng):
+  speed = rng.uniform(0.05, 3.0, 2)
+  damping = np.exp(rng.uniform(np.log(1e-3), 0.0, 2))
+  phase = rng.uniform(0, np.pi, 2)
+  mixer = WaveFieldMixer(8, 2, max_len=64, rngs=nnx.Rngs(0))
+  start = WaveFieldMixer(8, 2, max_len=64, rngs=nnx.Rngs(0))
+  initial = [np.asarray(a) for a in start.constants()]
+  set_constants(mixer, speed, damping, phase)
+  rows = analysis.constants_table(mixer, start)
+  assert [(r["layer"], r["head"]) for r in rows] == [("", 0), ("", 1)]
+  for h, row in enumerate(rows):
+    np.testing.assert_allclose(row["decay_length"], 1 / damping[h], rtol=1e-5)
+    np.testing.assert_allclose(row["period"], 2 * np.pi / speed[h], rtol=1e-5)
+    np.testing.assert_allclose(
+      [row["speed"], row["damping"], row["phase"]], [speed[h], damping[h], phase[h]], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+      [row["speed_init"], row["damping_init"], row["phase_init"]], [initial[0][h], initial[1][h], initial[2][h]]
+    )
+
+
+def test_the_table_names_the_layers_of_a_language_model():
+  rows = analysis.constants_table(tiny_lm(0))
+  assert [(r["layer"], r["head"]) for r in rows] == [("0", 0), ("0", 1), ("2", 0), ("2", 1)]
+  assert "| layer | head | speed |" in analysis.markdown_table(rows)
+  with pytest.raises(ValueError, match="no WaveFieldMixer"):
+    analysis.constants_table(tiny_lm(0, ("attention",)))
+
+
+def test_the_medium_wave_has_a_front_at_speed_c_and_the_mass_of_the_damped_oscillator(rng):
+  speed, damping = rng.uniform(0.3, 2.0), rng.uniform(0.03, 0.1)
+  steps = int(12 / damping)  # long enough that the front itself has faded (exp(-12))
+  length = int(speed * steps) + 2
+  field = analysis.medium_response(speed, damping, length, steps)  # [T, 2 * length + 1]
+  x = np.arange(-length, length + 1)
+  for t in (1, steps // 3, steps - 1):
+    inside = np.abs(x) < speed * t
+    assert np.all(field[t, ~inside] == 0) and np.all(field[t, inside] > 0)
+  # Integrating the PDE over x: M'' + 2 gamma M' = 0, M(0) = 0, M'(0) = 1.
+  t = steps - 1
+  assert field[t].sum() == pytest.approx(-np.expm1(-2 * damping * t) / (2 * damping), rel=1e-3)
+  # Without damping the wave is d'Alembert's: 1 / (2c) everywhere inside the cone.
+  undamped = analysis.medium_response(speed, 1e-12, length, 20)
+  np.testing.assert_allclose(undamped[19, np.abs(x) < speed * 19], 1 / (2 * speed), rtol=1e-6)
+
+
+def exact_flow(model: WaveFieldLM, tokens: np.ndarray) -> np.ndarray:
+  embedded = model.embed(jnp.asarray(tokens)[None])
+  jacobian = jax.jacrev(lambda x: model.from_embeddings(x)[0])(embedded)  # [L, V, 1, L, D]
+  return np.sqrt(np.square(np.asarray(jacobian, np.float64)[:, :, 0]).sum(axis=(1, 3)))  # [L, L]
+
+
+def test_information_flow_equals_the_jacobian_and_is_causal(rng):
+  model = tiny_lm(int(rng.integers(1 << 30)))
+  tokens = rng.integers(0, VOCAB, 12)
+  want = exact_flow(model, tokens)
+  exact = analysis.information_flow(model, tokens, probes=None)
+  assert relative_error(exact, want) < 1e-5
+  assert np.triu(exact, 1).max() < 1e-6 * exact.max()
+  assert np.diag(exact).min() > 0 and exact[-1, 0] > 0  # the first token reaches the last through the layers
+  estimate = analysis.information_flow(model, tokens, probes=400, seed=int(rng.integers(1 << 30)))
+  assert relative_error(estimate, want) < 0.1
+  with pytest.raises(ValueError, match="tokens must be"):
+    analysis.information_flow(model, tokens[None])
+
+
+def test_constant_gradients_match_finite_differences(rng):
+  model = tiny_lm(int(rng.integers(1 << 30)), mixers=("wave", "wave"))
+  windows = jnp.asarray(rng.integers(0, VOCAB, (6, 17)))
+  rows = analysis.constant_gradients(model, windows, batch_size=4)  # two batches: the sums must combine
+
+  def loss(m):
+    return optax.softmax_cross_entropy_with_integer_labels(m(windows[:, :-1]), windows[:, 1:]).mean()
+
+  mixers = analysis.wave_mixers(model)
+  for row in rows:
+    mixer = dict(mixers)[f"blocks/{row['layer']}/mixer"]
+    values = [np.asarray(a, np.float64) for a in mixer.constants()]
+    for name, value in zip(analysis.CONSTANTS, values, strict=True):
+      h = 3e-3 * max(abs(value[row["head"]]), 0.1)
+      changed = []
+      for sign in (1, -1):
+        shifted = [v.copy() for v in values]
+        shifted[analysis.CONSTANTS.index(name)][row["head"]] += sign * h
+        set_constants(mixer, *shifted)
+        changed.append(float(loss(model)))
+      set_constants(mixer, *values)
+      finite_difference = (changed[0] - changed[1]) / (2 * h)
+      assert row[f"d_{name}"] == pytest.approx(finite_difference, rel=0.05, abs=2e-4), (row, name)
+      assert row[f"{name}_x_grad"] == pytest.approx(value[row["head"]] * row[f"d_{name}"], rel=1e-6)
+
+
+def test_inspect_writes_the_report_of_a_trained_workdir(tmp_path, rng):
+  from wavefield_jax.config import base_config
+
+  text = bytes(rng.integers(97, 123, 20_000).astype(np.uint8))
+  corpus = data.tokenize(
+    {"train": [text], "validation": [text[:4000]], "test": [text[:4000]]}, data.ByteTokenizer(), 32
+  )
+  config = base_config()
+  config.seed = 7
+  config.model.update(dict(dim=32, num_layers=2, num_heads=4, mixers=("wave", "wave"), mlp_dim=64, max_len=32))
+  config.data.seq_len = 32
+  config.train.update(dict(steps=20, batch_size=8, warmup_steps=2, eval_every=1000, eval_windows=4, sample_tokens=0))
+  train_and_evaluate(config, tmp_path / "run", corpus=corpus)
+  (tmp_path / "text.txt").write_bytes(text[:3000])
+  command = [sys.executable, "-m", "wavefield_jax.inspect", f"--workdir={tmp_path / 'run'}", "--length=40"]
+  done = subprocess.run([*command, f"--text={tmp_path / 'text.txt'}", "--windows=4"], capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "step 20: physical constants per head" in done.stdout
+  out = tmp_path / "run" / "inspect"
+  for name in ("constants", "kernels", "fields", "medium", "flow"):
+    assert (out / f"{name}.png").stat().st_size > 10_000
+  report = (out / "report.md").read_text()
+  assert "| 1 | 3 |" in report and "![flow](flow.png)" in report
+  # The initial values shown are those of the run's own seed.
+  model, initial, _, _ = analysis.load(tmp_path / "run")
+  want = WaveFieldLM(config.model, rngs=nnx.Rngs(7)).blocks[1].mixer.constants()[1]
+  np.testing.assert_allclose(initial.blocks[1].mixer.constants()[1], want)
+  assert not np.allclose(model.blocks[1].mixer.constants()[1], want)  # and training moved them
+  too_short = tmp_path / "short.txt"
+  too_short.write_bytes(b"abc")
+  done = subprocess.run([*command, f"--text={too_short}"], capture_output=True, text=True)
+  assert done.returncode == 1 and "needs at least 41" in done.stderr

@@ -1,21 +1,47 @@
 """A thin layer over orbax-checkpoint: the train state and the data iterator position, saved together.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a run killed
-mid-save leaves no checkpoint that `latest_step` would pick. What this layer adds is clear errors:
-a checkpoint that does not match the model, or that cannot be read, names its step and directory.
+mid-save leaves no checkpoint that `latest_step` would pick. What this layer adds:
+
+- a manifest per completed step (size and sha256 of every file, in `manifests/<step>.json`), checked
+  before a restore, so a truncated or edited checkpoint is named by its step and file;
+- clear errors: a checkpoint that does not match the model, or cannot be read, names its step;
+- `restore_latest(..., fallback=True)`: skip damaged checkpoints (moved aside to
+  `../damaged_checkpoints/`, never deleted) and resume from the newest complete one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+MANIFESTS = "manifests"
+# How tensorstore reports unreadable files (an absl status code, or a failed read or open); anything
+# else orbax raises as ValueError, KeyError or TypeError is a mismatch of shapes or tree structure.
+_READ_FAILURE = re.compile(r"^[A-Z_]{5,}: |Error (reading|opening|decoding)|Unexpected end|corrupt", re.IGNORECASE)
+
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be restored into this run; nothing on disk was changed."""
+
+
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint whose files are missing, truncated, changed since they were saved, or unreadable."""
+
+
+def _sha256(path: Path) -> str:
+  digest = hashlib.sha256()
+  with path.open("rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 class Checkpointer:
@@ -25,38 +51,121 @@ class Checkpointer:
     self.directory = Path(directory).resolve()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._unrecorded: list[int] = []  # steps this process saved whose manifest is not written yet
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    return list(self.manager.all_steps())
+    return sorted(self.manager.all_steps())
 
   def save(self, step: int, state: Any, data_state: dict, force: bool = False) -> None:
+    """Starts saving `step` (in the background if asynchronous) once the previous save has finished."""
+    self.wait()
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
-    self.manager.save(step, args=args, force=force)
+    if self.manager.save(step, args=args, force=force):
+      self._unrecorded.append(step)
+
+  def _record_manifests(self) -> None:
+    """Writes the manifest of every step this process completed; drops those of rotated-out steps."""
+    if jax.process_index() != 0 or not self._unrecorded:  # readers (evaluate, inspect) never write
+      return
+    manifests = self.directory / MANIFESTS
+    manifests.mkdir(exist_ok=True)
+    present = set(self.all_steps())
+    for step in self._unrecorded:
+      if step not in present:
+        continue
+      root = self.directory / str(step)
+      files = {str(p.relative_to(root)): [p.stat().st_size, _sha256(p)] for p in sorted(root.rglob("*")) if p.is_file()}
+      partial = manifests / f".{step}.json.partial"
+      partial.write_text(json.dumps({"step": step, "files": files}, indent=0))
+      os.replace(partial, manifests / f"{step}.json")  # atomic: a manifest is whole or absent
+    self._unrecorded.clear()
+    for path in manifests.glob("*.json"):
+      if path.stem.isdigit() and int(path.stem) not in present:
+        path.unlink()
+
+  def verify(self, step: int) -> None:
+    """Raises DamagedCheckpointError naming the file if `step`'s files differ from its manifest.
+    A step without a manifest (its writer died before recording it) is left to orbax's own checks."""
+    path = self.directory / MANIFESTS / f"{step}.json"
+    if not path.exists():
+      return
+    root = self.directory / str(step)
+    for name, (size, digest) in json.loads(path.read_text())["files"].items():
+      file = root / name
+      if not file.is_file():
+        problem = "is missing"
+      elif file.stat().st_size != size:
+        problem = f"has {file.stat().st_size:,} bytes; {size:,} were saved (truncated or overwritten)"
+      elif _sha256(file) != digest:
+        problem = "was changed after it was saved (sha256 differs)"
+      else:
+        continue
+      raise DamagedCheckpointError(f"checkpoint step {step} is damaged: file {file} {problem}")
 
   def restore(self, step: int, like: Any) -> tuple[Any, dict]:
-    """Restores step `step` into the structure, shapes and dtypes of `like`."""
+    """Restores step `step` into the structure, shapes, dtypes and shardings of `like`."""
+    self.verify(step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore())
     try:
       restored = self.manager.restore(step, args=args)
-    except (ValueError, KeyError, TypeError) as error:
-      raise CheckpointError(
-        f"checkpoint step {step} in {self.directory / str(step)} does not match this model and optimizer "
-        f"(a different config wrote it?): {str(error).splitlines()[0][:300]}"
-      ) from error
-    except Exception as error:  # orbax and tensorstore raise many kinds for damaged files
-      raise CheckpointError(
+    except Exception as error:  # orbax and tensorstore raise many kinds, ValueError among them, for both cases
+      first_line = str(error).splitlines()[0][:500] if str(error) else type(error).__name__
+      if isinstance(error, (ValueError, KeyError, TypeError)) and not _READ_FAILURE.search(first_line):
+        raise CheckpointError(
+          f"checkpoint step {step} in {self.directory / str(step)} does not match this model and optimizer "
+          f"(a different config wrote it?): {first_line}"
+        ) from error
+      raise DamagedCheckpointError(
         f"checkpoint step {step} in {self.directory / str(step)} could not be read (damaged or incomplete?): "
-        f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+        f"{type(error).__name__}: {first_line}"
       ) from error
+    if restored["data"] is None:
+      raise DamagedCheckpointError(f"checkpoint step {step} in {self.directory / str(step)} has no data state")
     return restored["state"], restored["data"]
 
+  def restore_latest(self, like: Any, fallback: bool = False) -> tuple[int, Any, dict] | None:
+    """The newest checkpoint: (step, state, data state), or None when there is none.
+
+    A damaged newest checkpoint raises DamagedCheckpointError, unless `fallback`: then it is moved to
+    `<workdir>/damaged_checkpoints/<step>` (kept for inspection; orbax would otherwise refuse to save
+    that step again) and the next older one is tried.
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        return (step, *self.restore(step, like))
+      except DamagedCheckpointError as error:
+        older = [s for s in self.all_steps() if s < step]
+        if not fallback:
+          hint = f" Set train.restore_fallback=True to resume from step {older[-1]} instead." if older else ""
+          raise DamagedCheckpointError(f"{error}.{hint} Nothing was changed on disk.") from error
+        self._quarantine(step)
+        print(f"warning: {error}; moved it aside, trying step {older[-1] if older else 'none (start over)'}")
+    return None
+
+  def _quarantine(self, step: int) -> None:
+    """Moves a damaged step (and its manifest) out of orbax's sight, without deleting anything."""
+    self.wait()
+    target = self.directory.parent / "damaged_checkpoints" / str(step)
+    suffix = 1
+    while target.exists():
+      target = target.with_name(f"{step}.{suffix}")
+      suffix += 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(self.directory / str(step), target)
+    manifest = self.directory / MANIFESTS / f"{step}.json"
+    if manifest.exists():
+      os.replace(manifest, target.with_name(target.name + ".manifest.json"))
+    self.manager.reload()
+
   def wait(self) -> None:
+    """Blocks until a save in flight is complete, then records its manifest."""
     self.manager.wait_until_finished()
+    self._record_manifests()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()

@@ -107,7 +107,8 @@ def base_config() -> ml_collections.ConfigDict:
       sample_tokens=300,
       sample_prompt="\n",
       sample_temperature=0.8,
-      on_nonfinite="stop",  # stop | skip
+      on_nonfinite="stop",  # stop | skip (the batch, keeping the parameters and optimizer state)
+      restore_fallback=False,  # resume from an older checkpoint when the newest is damaged
     )
   )
   return config

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -212,6 +213,18 @@ def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
     record_path.write_text(json.dumps(record | {"seed": config.seed}, indent=1) + "\n")
 
 
+def check_free_space(workdir: Path, state: State, keep: int) -> None:
+  """Refuses to start when the workdir's disk cannot hold the checkpoints the run will write."""
+  size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+  need = (keep + 1) * size  # `keep` checkpoints plus the one being written
+  free = shutil.disk_usage(workdir).free
+  if free < need:
+    raise TrainingError(
+      f"workdir {workdir} has {free / 2**20:,.1f} MiB free; {keep} checkpoints of this model plus one being "
+      f"written need about {need / 2**20:,.1f} MiB. Free space, lower train.keep_checkpoints or use another --workdir."
+    )
+
+
 def load_trained(
   workdir: str | Path, step: int | None = None
 ) -> tuple[nnx.GraphDef, dict, ml_collections.ConfigDict, int]:
@@ -301,6 +314,7 @@ def train_and_evaluate(
         f"train.batch_size={train.batch_size} must be divisible by the {local_data} data-parallel devices"
       )
   graphdef, state, optimizer = init_state(config, config.seed, mesh)
+  check_free_space(workdir, state, train.keep_checkpoints)
   shardings = None
   if mesh is not None:
     state_sharding = sharding.state_shardings(mesh, state, fsdp=config.mesh.fsdp)
@@ -316,9 +330,9 @@ def train_and_evaluate(
   )
   batches = iter(dataset)
   checkpointer = Checkpointer(workdir / "checkpoints", keep=train.keep_checkpoints)
-  start = checkpointer.latest_step()
-  if start is not None:
-    state, data_state = checkpointer.restore(start, state)
+  restored = checkpointer.restore_latest(state, fallback=train.restore_fallback)
+  if restored is not None:
+    _, state, data_state = restored
     batches.set_state(data_state)
   start = int(state["step"])
 

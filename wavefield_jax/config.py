@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 MIXERS = ("wave", "attention")
@@ -42,17 +44,31 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
+def _require_int(name: str, value, minimum: int) -> None:
+  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    raise ValueError(f"{name} must be {what}; got {value!r}")
+
+
+def _require_number(name: str, value, minimum: float, strict: bool) -> None:
+  number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  if not number or value < minimum or (strict and value == minimum):
+    raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}; got {value!r}")
+
+
 def validate_model_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the key of the first invalid value."""
   for key in ("vocab_size", "dim", "num_layers", "num_heads", "mlp_dim", "conv_width", "max_len"):
-    value = config.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-      raise ValueError(f"model.{key} must be a positive integer; got {value!r}")
+    _require_int(f"model.{key}", config.get(key), 1)
   if config.dim % config.num_heads:
     raise ValueError(f"model.dim={config.dim} must be divisible by model.num_heads={config.num_heads}")
+  if not isinstance(config.mixers, (tuple, list)):
+    raise ValueError(f"model.mixers must be a tuple of mixer names, one per layer; got {config.mixers!r}")
   mixers = tuple(config.mixers)
   if len(mixers) != config.num_layers:
-    raise ValueError(f"model.mixers must name one mixer per layer ({config.num_layers}); got {len(mixers)}: {mixers}")
+    raise ValueError(
+      f"model.mixers must name one mixer per layer (model.num_layers={config.num_layers}); got {len(mixers)}: {mixers}"
+    )
   unknown = [m for m in mixers if m not in MIXERS]
   if unknown:
     raise ValueError(f"model.mixers has unknown mixer {unknown[0]!r}; choose from {MIXERS}")
@@ -122,23 +138,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"data.tokenizer must be 'bytes' or 'gpt2'; got {data.tokenizer!r}")
   if data.source not in ("shakespeare", "local_text", "wikitext103", "tfds"):
     raise ValueError(f"data.source must be shakespeare, local_text, wikitext103 or tfds; got {data.source!r}")
-  for key in ("seq_len",):
-    if not isinstance(data[key], int) or data[key] <= 0:
-      raise ValueError(f"data.{key} must be a positive integer; got {data[key]!r}")
+  _require_int("data.seq_len", data.seq_len, 1)
   for key in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
-    if not isinstance(train[key], int) or isinstance(train[key], bool) or train[key] <= 0:
-      raise ValueError(f"train.{key} must be a positive integer; got {train[key]!r}")
+    _require_int(f"train.{key}", train[key], 1)
   for key in ("warmup_steps", "eval_windows", "sample_tokens", "stop_at"):
-    if not isinstance(train[key], int) or train[key] < 0:
-      raise ValueError(f"train.{key} must be a non-negative integer; got {train[key]!r}")
+    _require_int(f"train.{key}", train[key], 0)
   for key in ("learning_rate", "wave_learning_rate", "grad_clip"):
-    if not train[key] > 0:
-      raise ValueError(f"train.{key} must be > 0; got {train[key]!r}")
+    _require_number(f"train.{key}", train[key], 0.0, strict=True)
   for key in ("weight_decay", "final_learning_rate_fraction", "sample_temperature"):
-    if not train[key] >= 0:
-      raise ValueError(f"train.{key} must be >= 0; got {train[key]!r}")
-  if not isinstance(config.mesh.seq, int) or config.mesh.seq < 1:
-    raise ValueError(f"mesh.seq must be a positive integer; got {config.mesh.seq!r}")
+    _require_number(f"train.{key}", train[key], 0.0, strict=False)
+  _require_int("mesh.seq", config.mesh.seq, 1)
   if data.seq_len % config.mesh.seq:
     raise ValueError(f"data.seq_len={data.seq_len} must be divisible by mesh.seq={config.mesh.seq}")
   if train.on_nonfinite not in ("stop", "skip"):

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from benchmarks import common
+from wavefield_jax.train_lib import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "benchmarks" / "runs" / "quality"
@@ -64,7 +65,7 @@ def score(model: str, seed: int) -> dict:
 
 
 def curves(model: str, seed: int) -> list[tuple[int, float]]:
-  rows = [json.loads(line) for line in (RUNS / f"{model}_s{seed}" / "metrics.jsonl").read_text().splitlines()]
+  rows = read_metrics(RUNS / f"{model}_s{seed}" / "metrics.jsonl")
   return [(r["step"], r["bpb"]) for r in rows if r["kind"] == "eval"]
 
 

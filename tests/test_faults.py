@@ -33,8 +33,7 @@ def drive(workdir: Path, kill: dict | None = None, **train) -> subprocess.Comple
 
 def losses(workdir: Path) -> dict[int, float]:
   """The loss of every step; a step logged again after a resume keeps its last value."""
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-  return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+  return {r["step"]: r["loss"] for r in train_lib.read_metrics(workdir / "metrics.jsonl") if r["kind"] == "train"}
 
 
 def digest(directory: Path) -> dict[str, str]:
@@ -142,6 +141,16 @@ def test_fallback_resumes_from_the_previous_checkpoint_and_keeps_the_damaged_one
   reference = tmp_path / "reference"
   train_and_evaluate(tiny_config(steps=20, checkpoint_every=5), reference, corpus=tiny_corpus())
   assert losses(workdir) == losses(reference)
+
+
+def test_a_metrics_line_cut_by_a_kill_is_ended_and_skipped(trained, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(trained, workdir)
+  with (workdir / "metrics.jsonl").open("a") as f:
+    f.write('{"kind": "train", "step": 16, "lo')  # what a SIGKILL in the middle of a write leaves
+  train_and_evaluate(tiny_config(steps=20, checkpoint_every=5), workdir, corpus=tiny_corpus())
+  assert sorted(losses(workdir)) == list(range(1, 21))
+  assert (workdir / "loss.png").stat().st_size > 0
 
 
 def no_training(monkeypatch) -> list:

@@ -255,13 +255,24 @@ def load_trained(
   return graphdef, state["params"], config, step
 
 
+def read_metrics(path: str | Path) -> list[dict]:
+  """The records of a metrics.jsonl; a line cut short by a killed process is skipped."""
+  rows = []
+  for line in Path(path).read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return rows
+
+
 def plot_losses(metrics_path: Path, out: Path) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+  rows = read_metrics(metrics_path)
   train = [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
   valid = [(r["step"], r["loss"]) for r in rows if r["kind"] == "eval"]
   fig, ax = plt.subplots(figsize=(7, 4))
@@ -350,6 +361,9 @@ def train_and_evaluate(
   )
   token_bytes = jnp.asarray(corpus.tokenizer.token_bytes)
   metrics_path = workdir / "metrics.jsonl"
+  if jax.process_index() == 0 and metrics_path.exists() and not metrics_path.read_bytes().endswith(b"\n"):
+    with metrics_path.open("a") as f:  # a kill cut the last line short: end it, so the next record stands alone
+      f.write("\n")
   counts = count_params(nnx.merge(graphdef, state["params"]))
   mixers = tuple(config.model.mixers)
   print(f"model: {counts['total']:,} parameters ({counts['wave_constants']} physical constants); mixers {mixers}")

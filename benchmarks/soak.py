@@ -98,6 +98,7 @@ def main() -> None:
   final = start(workdir, args.steps, args.checkpoint_every)
   final_out, _ = final.communicate()
   got = FINAL.search(final_out).groups() if final.returncode == 0 else None
+  final_resumed = RESUMED.search(final_out)
   reference_losses, killed_losses = step_losses(root / "reference"), step_losses(workdir)
   same_steps = sorted(reference_losses) == sorted(killed_losses)
   equal = same_steps and all(reference_losses[s] == killed_losses[s] for s in reference_losses)
@@ -108,6 +109,7 @@ def main() -> None:
     "kills": kills,
     "kills_survived": sum(k["ok"] for k in kills),
     "final_run_exit": final.returncode,
+    "final_run_resumed_from": int(final_resumed.group(1)) if final_resumed else None,
     "final": got,
     "uninterrupted_final": list(want),
     "final_equal": got is not None and list(got) == list(want),
@@ -115,15 +117,24 @@ def main() -> None:
     "uninterrupted_seconds": round(reference_seconds, 1),
   }
   rows = [
-    [i + 1, k["delay_s"], k["logged_when_killed"], k["resumed_from"], "yes" if k["ok"] else "NO"]
+    [
+      i + 1,
+      k["delay_s"],
+      k["progress_before"],
+      k["resumed_from"] or "-",
+      k["logged_when_killed"],
+      "yes" if k["ok"] else "NO",
+    ]
     for i, k in enumerate(kills)
   ]
-  table = common.markdown_table(["kill", "after (s)", "last logged step", "next start resumed from", "survived"], rows)
+  header = ["start", "killed after (s)", "logged before it", "it resumed from", "logged when killed", "resume ok"]
+  table = common.markdown_table(header, rows)
   table += (
     f"\n\n{summary['kills_survived']} of {len(kills)} kills survived; final validation loss "
     f"{got[0] if got else 'n/a'} vs {want[0]} uninterrupted ({'equal' if summary['final_equal'] else 'DIFFERENT'}); "
     f"every logged step's loss {'equal' if equal else 'NOT equal'} to the uninterrupted run "
-    f"({args.steps} steps, a checkpoint every {args.checkpoint_every})."
+    f"({args.steps} steps, a checkpoint every {args.checkpoint_every}; the last start resumed from step "
+    f"{summary['final_run_resumed_from']}). '-': killed during startup, before it had restored a checkpoint."
   )
   common.write_results("soak", summary, table)
   plot(reference_losses, killed_losses, kills)

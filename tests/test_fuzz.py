@@ -13,7 +13,7 @@ from reference import conv_f64, kernel_f64, relative_error
 import wavefield_jax as wf
 from wavefield_jax.config import base_config, model_config, validate_config, validate_model_config
 
-FUZZ = settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=25, suppress_health_check=[HealthCheck.too_slow])
 
 speeds = st.one_of(
   st.floats(1e-7, 1e-3), st.floats(math.pi - 1e-3, math.pi + 1e-3), st.floats(1e-3, 2 * math.pi), st.just(1e-30)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.experimental.multihost_utils
 import orbax.checkpoint as ocp
 
 MANIFESTS = "manifests"
@@ -149,6 +150,10 @@ class Checkpointer:
   def _quarantine(self, step: int) -> None:
     """Moves a damaged step (and its manifest) out of orbax's sight, without deleting anything."""
     self.wait()
+    if jax.process_index() != 0:  # one process moves it (a shared file system); the others see it gone
+      jax.experimental.multihost_utils.sync_global_devices(f"quarantine {step}")
+      self.manager.reload()
+      return
     target = self.directory.parent / "damaged_checkpoints" / str(step)
     suffix = 1
     while target.exists():
@@ -159,6 +164,8 @@ class Checkpointer:
     manifest = self.directory / MANIFESTS / f"{step}.json"
     if manifest.exists():
       os.replace(manifest, target.with_name(target.name + ".manifest.json"))
+    if jax.process_count() > 1:
+      jax.experimental.multihost_utils.sync_global_devices(f"quarantine {step}")
     self.manager.reload()
 
   def wait(self) -> None:

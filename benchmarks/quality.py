@@ -26,9 +26,15 @@ RUNS = REPO / "benchmarks" / "runs" / "quality"
 CONFIGS = {"wave": "configs/default.py", "transformer": "configs/transformer.py", "hybrid": "configs/hybrid.py"}
 
 
+def run_dir(model: str, seed: int, steps: int) -> Path:
+  """One workdir per run length: the learning-rate schedule depends on the steps, so runs of another
+  length must not resume from each other."""
+  return RUNS / f"{steps}_steps" / f"{model}_s{seed}"
+
+
 def train(model: str, seed: int, steps: int) -> float:
   """Trains (or finishes) one run; returns the wall-clock seconds this call spent."""
-  workdir = RUNS / f"{model}_s{seed}"
+  workdir = run_dir(model, seed, steps)
   command = [
     sys.executable,
     "train.py",
@@ -46,14 +52,14 @@ def train(model: str, seed: int, steps: int) -> float:
   return time.perf_counter() - start
 
 
-def score(model: str, seed: int) -> dict:
+def score(model: str, seed: int, steps: int) -> dict:
   """Full validation and test splits of the shipped corpus, with the run's final checkpoint."""
   import jax.numpy as jnp
 
   from wavefield_jax import data
   from wavefield_jax.train_lib import evaluate, load_trained, make_eval_step
 
-  graphdef, params, config, step = load_trained(RUNS / f"{model}_s{seed}")
+  graphdef, params, config, step = load_trained(run_dir(model, seed, steps))
   corpus = data.tokenize(data.shakespeare_documents(), data.get_tokenizer(config.data.tokenizer), config.data.seq_len)
   eval_step = make_eval_step(graphdef)
   token_bytes = jnp.asarray(corpus.tokenizer.token_bytes)
@@ -64,8 +70,8 @@ def score(model: str, seed: int) -> dict:
   return result
 
 
-def curves(model: str, seed: int) -> list[tuple[int, float]]:
-  rows = read_metrics(RUNS / f"{model}_s{seed}" / "metrics.jsonl")
+def curves(model: str, seed: int, steps: int) -> list[tuple[int, float]]:
+  rows = read_metrics(run_dir(model, seed, steps) / "metrics.jsonl")
   return [(r["step"], r["bpb"]) for r in rows if r["kind"] == "eval"]
 
 
@@ -77,8 +83,8 @@ def main() -> None:
   args = parser.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
   models = args.models.split(",")
-  timing_path = RUNS / "wall_clock.json"
-  RUNS.mkdir(parents=True, exist_ok=True)
+  timing_path = RUNS / f"{args.steps}_steps" / "wall_clock.json"
+  timing_path.parent.mkdir(parents=True, exist_ok=True)
   wall = json.loads(timing_path.read_text()) if timing_path.exists() else {}
   for seed in seeds:
     for model in models:
@@ -86,7 +92,9 @@ def main() -> None:
       wall[key] = wall.get(key, 0.0) + train(model, seed, args.steps)
       timing_path.write_text(json.dumps(wall, indent=1))
   results = {
-    f"{m}_s{s}": score(m, s) | {"wall_s": wall[f"{m}_s{s}"], "curve": curves(m, s)} for m in models for s in seeds
+    f"{m}_s{s}": score(m, s, args.steps) | {"wall_s": wall[f"{m}_s{s}"], "curve": curves(m, s, args.steps)}
+    for m in models
+    for s in seeds
   }
   write(results, models, seeds, args.steps)
 

@@ -85,7 +85,7 @@ def inspect_workdir(
 
   reach = _flow_reach(flow)
   report = [
-    f"# Inspection of {Path(workdir).resolve()} at step {step}",
+    f"# Inspection of {workdir} at step {step}",
     "",
     "## Physical constants per head (with initial values)",
     "",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -64,8 +65,10 @@ def run_case(module: str, case: dict, timeout: float = 900) -> dict:
   except subprocess.TimeoutExpired:
     return case | {"error": f"timeout after {timeout:.0f} s"}
   if done.returncode != 0:
-    tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
-    return case | {"error": f"exit {done.returncode}: {tail[0][:300]}"}
+    lines = (done.stderr or done.stdout).strip().splitlines()
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]  # the exception, not a note
+    reason = (raised or lines or [""])[-1]
+    return case | {"error": f"exit {done.returncode}: {reason[:300]}"}
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 

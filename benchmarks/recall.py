@@ -14,12 +14,14 @@ the fraction of answers whose argmax is right. Same steps, batch and learning ra
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 
 from benchmarks import common
 
 MODULE = "benchmarks.recall"
+CASE_KEYS = ("task", "length", "model", "steps", "tokens_per_step")
 MIXERS = {"wave": ("wave", "wave"), "transformer": ("attention", "attention"), "hybrid": ("wave", "attention")}
 PAIRS = 16
 
@@ -40,7 +42,7 @@ def mqar(rng: np.random.Generator, batch: int, length: int) -> tuple[np.ndarray,
 
 
 def induction(rng: np.random.Generator, batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-  half = (length + 1) // 2
+  half = length // 2 + 1  # two copies cover the L + 1 tokens of a window
   first = rng.integers(1, 256, (batch, half))
   tokens = np.concatenate([first, first], axis=1)[:, : length + 1].astype(np.int32)
   weights = np.zeros((batch, length), np.float32)
@@ -96,16 +98,25 @@ def main() -> None:
   args = parser.parse_args()
   lengths = [int(v) for v in args.lengths.split(",")]
   tasks = args.tasks.split(",")
+  # Cases already measured with the same budget are kept from the last results: a run cut short (or one
+  # case that failed) is finished by starting the script again.
+  previous = (
+    json.loads((common.RESULTS / "recall.json").read_text())["rows"]
+    if (common.RESULTS / "recall.json").exists()
+    else []
+  )
+  done = {json.dumps({k: r[k] for k in CASE_KEYS}): r for r in previous if "error" not in r and "accuracy" in r}
   rows = []
   for task in tasks:
     for length in lengths:
       for model in MIXERS:
         case = {"task": task, "length": length, "model": model, "steps": args.steps}
         case["tokens_per_step"] = args.tokens_per_step
-        result = common.run_case(MODULE, case, timeout=3600)
+        result = done.get(json.dumps(case)) or common.run_case(MODULE, case, timeout=3600)
         print(result, flush=True)
         rows.append(result)
-  write(rows, tasks, lengths, args.steps, args.tokens_per_step)
+        kept = [r for r in done.values() if r not in rows]  # measured before, not reached yet this time
+        write(rows + kept, tasks, lengths, args.steps, args.tokens_per_step)
 
 
 def write(rows: list[dict], tasks: list[str], lengths: list[int], steps: int, tokens_per_step: int) -> None:
@@ -116,7 +127,11 @@ def write(rows: list[dict], tasks: list[str], lengths: list[int], steps: int, to
 
   by = {(r["task"], r["length"], r["model"]): r for r in rows}
   table_rows = [
-    [task, f"{length:,}", *(f"{100 * by[(task, length, m)].get('accuracy', float('nan')):.1f}%" for m in MIXERS)]
+    [
+      task,
+      f"{length:,}",
+      *(f"{100 * by.get((task, length, m), {}).get('accuracy', float('nan')):.1f}%" for m in MIXERS),
+    ]
     for task in tasks
     for length in lengths
   ]
@@ -131,7 +146,7 @@ def write(rows: list[dict], tasks: list[str], lengths: list[int], steps: int, to
   width = 0.8 / len(MIXERS)
   for ax, task in zip(axes[0], tasks, strict=True):
     for i, (model, colour) in enumerate(zip(MIXERS, ("tab:blue", "tab:red", "tab:purple"), strict=True)):
-      values = [100 * by[(task, n, model)].get("accuracy", 0.0) for n in lengths]
+      values = [100 * by.get((task, n, model), {}).get("accuracy", 0.0) for n in lengths]
       ax.bar(np.arange(len(lengths)) + i * width, values, width, color=colour, label=model)
     ax.set_xticks(np.arange(len(lengths)) + width, [f"L={n}" for n in lengths])
     ax.set_ylabel("answer accuracy (%)")

@@ -73,8 +73,14 @@ def gradients(mesh, batch):
 def test_sharded_train_step_equals_one_device(rng, data, seq, fsdp):
   batch = jnp.asarray(rng.integers(0, 256, (8, 65)), jnp.int32)
   want_grads, got_grads = gradients(None, batch), gradients(sharding.make_mesh(data, seq), batch)
-  for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
-    assert relative_error(got, want) < 1e-5
+  flat = [
+    (np.ravel(g), np.ravel(w)) for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True)
+  ]
+  # The whole gradient within 1e-5. Leaf by leaf, a few-element leaf whose sum over the batch nearly
+  # cancels (a head's phase) can show float32's reordered summation at 2e-5: 1e-4 there.
+  assert relative_error(np.concatenate([g for g, _ in flat]), np.concatenate([w for _, w in flat])) < 1e-5
+  for got, want in flat:
+    assert relative_error(got, want) < 1e-4
   want_loss, want_norm, want_params, _, _ = one_step(None, batch)
   got_loss, got_norm, got_params, _, _ = one_step(sharding.make_mesh(data, seq), batch, fsdp)
   assert abs(got_loss - want_loss) <= 1e-5 * abs(want_loss)

@@ -22,8 +22,8 @@ test: $(STAMP)
 	$(BIN)/python -m ruff format --check .
 	$(BIN)/python -m pytest
 
-# The CPU benchmark set (about 40 minutes on 2 cores); quality and recall train models and take longer:
-# run them by hand (`python -m benchmarks.quality`, `python -m benchmarks.recall`).
+# The CPU benchmark set (about 40 minutes on 2 cores); quality, recall and the soak train models and take
+# longer: run them by hand (`python -m benchmarks.quality`, `.recall`, `.soak`).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.scaling --repeats 3
 	$(BIN)/python -m benchmarks.throughput

@@ -13,7 +13,7 @@ import pytest
 from wavefield_jax import data
 from wavefield_jax.checkpointing import CheckpointError
 from wavefield_jax.config import base_config
-from wavefield_jax.train_lib import train_and_evaluate
+from wavefield_jax.train_lib import read_metrics, train_and_evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(dim=32, num_layers=2, num_heads=4, mixers=("wave", "attention"), mlp_dim=64, max_len=32)
@@ -44,8 +44,7 @@ def tiny_config(**train) -> ml_collections.ConfigDict:
 
 
 def read_losses(workdir: Path) -> dict[int, float]:
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+  return {r["step"]: r["loss"] for r in read_metrics(workdir / "metrics.jsonl") if r["kind"] == "train"}
 
 
 def tree_digest(directory: Path) -> str:

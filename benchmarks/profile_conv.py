@@ -1,8 +1,10 @@
 """Where the time goes: the wave convolution against its FFT floor, and the mixer against its projections.
 
-At L = 32k (B=1, D=512, 8 heads, float32, median of 5): wave_conv, the bare rfft + irfft on data already
-laid out [B, H, K, L], one [B, L, H, K] -> [B, H, K, L] transpose, the kernel and its spectrum; and at
-L = 8k the wave mixer's forward against its projections alone (in: D -> 4D, out: D -> D).
+At L = 32k (B=1, D=512, 8 heads, float32, median of 5): wave_conv and the bare rfft + irfft on data
+already laid out [B, H, K, L], then each op of wave_conv's compiled program on its own (XLA makes five:
+transpose + zero-pad in, rfft, the spectral product, irfft, slice + transpose out; the floor's program
+is pad, rfft, irfft, slice), and the kernel with its spectrum; at L = 8k the wave mixer's forward against
+its projections alone (in: D -> 4D, out: D -> D).
 
   python -m benchmarks.profile_conv
 """
@@ -30,14 +32,28 @@ def main() -> None:
   u = jnp.asarray(rng.standard_normal((1, length, heads, dim // heads)), jnp.float32)
   c, g, p = layers.initial_constants(heads, length, jax.random.key(0))
   n = physics.fft_length(length)
-  u_heads_last = jnp.transpose(u, (0, 2, 3, 1))
+  u_heads_last = jnp.transpose(u, (0, 2, 3, 1))  # [B, H, K, L]
+  padding = ((0, 0), (0, 0), (0, 0), (0, n - length))
+  padded = jnp.pad(u_heads_last, padding)  # [B, H, K, n]
+  u_hat = jnp.fft.rfft(padded, axis=-1)  # [B, H, K, F]
+  k_hat = jnp.fft.rfft(physics.wave_kernel(c, g, p, length), n=n)  # [H, F]
+  y_padded = jnp.fft.irfft(u_hat, n=n, axis=-1)  # [B, H, K, n]
   conv = {
     "wave_conv": (jax.jit(lambda x: physics.wave_conv(x, c, g, p)), u),
     "rfft + irfft (floor)": (
       jax.jit(lambda x: jnp.fft.irfft(jnp.fft.rfft(x, n=n, axis=-1), n=n, axis=-1)[..., :length]),
       u_heads_last,
     ),
-    "one transpose": (jax.jit(lambda x: jnp.transpose(x, (0, 2, 3, 1)) + 0), u),
+    "op: transpose + pad (wave_conv in)": (jax.jit(lambda x: jnp.pad(jnp.transpose(x, (0, 2, 3, 1)), padding)), u),
+    "op: pad (floor in)": (jax.jit(lambda x: jnp.pad(x, padding)), u_heads_last),
+    "op: rfft": (jax.jit(lambda x: jnp.fft.rfft(x, axis=-1)), padded),
+    "op: spectral product": (jax.jit(lambda x: x * k_hat[None, :, None, :]), u_hat),
+    "op: irfft": (jax.jit(lambda x: jnp.fft.irfft(x, n=n, axis=-1)), u_hat),
+    "op: slice + transpose (wave_conv out)": (
+      jax.jit(lambda y: jnp.transpose(y[..., :length], (0, 3, 1, 2))),
+      y_padded,
+    ),
+    "op: slice (floor out)": (jax.jit(lambda y: y[..., :length]), y_padded),
     "kernel + spectrum": (jax.jit(lambda c: jnp.fft.rfft(physics.wave_kernel(c, g, p, length), n=n)), c),
   }
   rows = [[f"L={length:,}", name, f"{median_ms(fn, x):,.1f}"] for name, (fn, x) in conv.items()]

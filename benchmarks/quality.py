@@ -1,11 +1,14 @@
 """Quality: wave, Transformer and hybrid models of equal size trained on the shipped corpus, same steps
 and tokens, several seeds; validation and test bits per byte, ratios to the Transformer, loss curves.
 
-Each run is `train.py` in its own process and workdir (benchmarks/runs/quality/<model>_s<seed>), so a run
-cut short resumes from its checkpoint when this script is started again; finished runs are not redone.
-Validation (Julius Caesar, Twelfth Night) and test (Macbeth, The Tempest) are scored in full at the end.
+Two sizes: `default` (D=128, 4 layers: configs/default.py, transformer.py, hybrid.py) and `small`
+(D=64, 2 layers: configs/small.py), which reaches the plateau in a run length 2 CPU cores can afford.
+Each run is `train.py` in its own process and workdir (benchmarks/runs/quality/<size>/<steps>_steps/
+<model>_s<seed>), so a run cut short resumes from its checkpoint when this script is started again;
+finished runs are not redone. Validation (Julius Caesar, Twelfth Night) and test (Macbeth, The Tempest)
+are scored in full at the end. Results: benchmarks/results/quality_<size>_<steps>.{json,md,png}.
 
-  python -m benchmarks.quality [--steps 2000] [--seeds 0,1] [--models wave,transformer,hybrid]
+  python -m benchmarks.quality [--size default] [--steps 2000] [--seeds 0,1] [--models wave,transformer,hybrid]
 """
 
 from __future__ import annotations
@@ -23,22 +26,26 @@ from wavefield_jax.train_lib import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "benchmarks" / "runs" / "quality"
-CONFIGS = {"wave": "configs/default.py", "transformer": "configs/transformer.py", "hybrid": "configs/hybrid.py"}
+CONFIGS = {
+  "default": {"wave": "configs/default.py", "transformer": "configs/transformer.py", "hybrid": "configs/hybrid.py"},
+  "small": {model: f"configs/small.py:{model}" for model in ("wave", "transformer", "hybrid")},
+}
+SIZE_NOTES = {"default": "D=128, 4 layers, 0.96M parameters", "small": "D=64, 2 layers"}
 
 
-def run_dir(model: str, seed: int, steps: int) -> Path:
-  """One workdir per run length: the learning-rate schedule depends on the steps, so runs of another
-  length must not resume from each other."""
-  return RUNS / f"{steps}_steps" / f"{model}_s{seed}"
+def run_dir(size: str, model: str, seed: int, steps: int) -> Path:
+  """One workdir per size and run length: the learning-rate schedule depends on the steps, so runs of
+  another length must not resume from each other."""
+  return RUNS / size / f"{steps}_steps" / f"{model}_s{seed}"
 
 
-def train(model: str, seed: int, steps: int) -> float:
+def train(size: str, model: str, seed: int, steps: int) -> float:
   """Trains (or finishes) one run; returns the wall-clock seconds this call spent."""
-  workdir = run_dir(model, seed, steps)
+  workdir = run_dir(size, model, seed, steps)
   command = [
     sys.executable,
     "train.py",
-    f"--config={CONFIGS[model]}",
+    f"--config={CONFIGS[size][model]}",
     f"--workdir={workdir}",
     f"--config.seed={seed}",
     f"--config.train.steps={steps}",
@@ -52,14 +59,14 @@ def train(model: str, seed: int, steps: int) -> float:
   return time.perf_counter() - start
 
 
-def score(model: str, seed: int, steps: int) -> dict:
+def score(size: str, model: str, seed: int, steps: int) -> dict:
   """Full validation and test splits of the shipped corpus, with the run's final checkpoint."""
   import jax.numpy as jnp
 
   from wavefield_jax import data
   from wavefield_jax.train_lib import evaluate, load_trained, make_eval_step
 
-  graphdef, params, config, step = load_trained(run_dir(model, seed, steps))
+  graphdef, params, config, step = load_trained(run_dir(size, model, seed, steps))
   corpus = data.tokenize(data.shakespeare_documents(), data.get_tokenizer(config.data.tokenizer), config.data.seq_len)
   eval_step = make_eval_step(graphdef)
   token_bytes = jnp.asarray(corpus.tokenizer.token_bytes)
@@ -70,36 +77,38 @@ def score(model: str, seed: int, steps: int) -> dict:
   return result
 
 
-def curves(model: str, seed: int, steps: int) -> list[tuple[int, float]]:
-  rows = read_metrics(run_dir(model, seed, steps) / "metrics.jsonl")
+def curves(size: str, model: str, seed: int, steps: int) -> list[tuple[int, float]]:
+  rows = read_metrics(run_dir(size, model, seed, steps) / "metrics.jsonl")
   return [(r["step"], r["bpb"]) for r in rows if r["kind"] == "eval"]
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--size", choices=sorted(CONFIGS), default="default")
   parser.add_argument("--steps", type=int, default=2000)
   parser.add_argument("--seeds", default="0,1")
   parser.add_argument("--models", default="wave,transformer,hybrid")
   args = parser.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
   models = args.models.split(",")
-  timing_path = RUNS / f"{args.steps}_steps" / "wall_clock.json"
+  timing_path = RUNS / args.size / f"{args.steps}_steps" / "wall_clock.json"
   timing_path.parent.mkdir(parents=True, exist_ok=True)
   wall = json.loads(timing_path.read_text()) if timing_path.exists() else {}
   for seed in seeds:
     for model in models:
       key = f"{model}_s{seed}"
-      wall[key] = wall.get(key, 0.0) + train(model, seed, args.steps)
+      wall[key] = wall.get(key, 0.0) + train(args.size, model, seed, args.steps)
       timing_path.write_text(json.dumps(wall, indent=1))
   results = {
-    f"{m}_s{s}": score(m, s, args.steps) | {"wall_s": wall[f"{m}_s{s}"], "curve": curves(m, s, args.steps)}
+    f"{m}_s{s}": score(args.size, m, s, args.steps)
+    | {"wall_s": wall[f"{m}_s{s}"], "curve": curves(args.size, m, s, args.steps)}
     for m in models
     for s in seeds
   }
-  write(results, models, seeds, args.steps)
+  write(results, models, seeds, args.steps, args.size)
 
 
-def write(results: dict, models: list[str], seeds: list[int], steps: int) -> None:
+def write(results: dict, models: list[str], seeds: list[int], steps: int, size: str) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
@@ -135,11 +144,20 @@ def write(results: dict, models: list[str], seeds: list[int], steps: int) -> Non
     rows,
   )
   table += (
-    f"\n\n{steps} steps x 8 x 256 bytes, seeds {seeds}; ratios per seed against the Transformer of the same seed. "
+    f"\n\n{SIZE_NOTES[size]}; {steps} steps x 8 x 256 bytes, seeds {seeds}; "
+    "ratios per seed against the Transformer of the same seed. "
     f"Transformer validation BPB fell {100 * max(plateau):.1f}% (worst seed) over the last quarter of training."
   )
-  payload = {"machine": common.machine(), "steps": steps, "seeds": seeds, "runs": results, "plateau_drop": plateau}
-  common.write_results("quality", payload, table)
+  payload = {
+    "machine": common.machine(),
+    "size": size,
+    "steps": steps,
+    "seeds": seeds,
+    "runs": results,
+    "plateau_drop": plateau,
+  }
+  name = f"quality_{size}_{steps}"
+  common.write_results(name, payload, table)
   fig, ax = plt.subplots(figsize=(7, 4.2))
   colours = {"wave": "tab:blue", "transformer": "tab:red", "hybrid": "tab:purple"}
   for model in models:
@@ -151,7 +169,8 @@ def write(results: dict, models: list[str], seeds: list[int], steps: int) -> Non
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(common.RESULTS / "quality.png", dpi=120)
+  ax.set_title(f"{SIZE_NOTES[size]}, {steps} steps")
+  fig.savefig(common.RESULTS / f"{name}.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,21 @@
+"""A quarter-size model (D=64, 2 layers) for quality runs long enough to plateau on 2 CPU cores.
+
+  python train.py --config=configs/small.py:transformer --workdir runs/small_transformer
+
+The argument picks the mixers: wave (default), transformer, or hybrid (wave below, attention on top).
+"""
+
+import ml_collections
+
+from wavefield_jax.config import base_config
+
+MIXERS = {"wave": ("wave", "wave"), "transformer": ("attention", "attention"), "hybrid": ("wave", "attention")}
+
+
+def get_config(kind: str = "wave") -> ml_collections.ConfigDict:
+  if kind not in MIXERS:
+    raise ValueError(f"configs/small.py takes one of {sorted(MIXERS)}; got {kind!r}")
+  config = base_config()
+  config.model.update(dict(dim=64, num_layers=2, num_heads=4, mlp_dim=192))
+  config.model.mixers = MIXERS[kind]
+  return config

@@ -1,5 +1,8 @@
 """WaveFieldLM: causality, decoding equals the parallel forward, configs, parameter counts."""
 
+import importlib.util
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +11,7 @@ import pytest
 from flax import nnx
 from reference import future_leak, relative_error
 
-from wavefield_jax.config import model_config
+from wavefield_jax.config import model_config, validate_config
 from wavefield_jax.model import WaveFieldLM, count_params
 
 KINDS = {
@@ -88,6 +91,44 @@ def test_parameter_counts_of_wave_and_transformer_match():
   assert abs(wave_count["total"] / transformer_count["total"] - 1) < 0.02
   manual = sum(p.size for p in jax.tree.leaves(nnx.state(wave, nnx.Param)))
   assert wave_count["total"] == manual == wave_count["wave_constants"] + wave_count["other"]
+
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def load_config(name: str, *args: str):
+  """configs/<name>.py's get_config(*args), as `--config=configs/<name>.py:<arg>` would load it."""
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", CONFIGS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.py")), ids=lambda p: p.stem)
+def test_shipped_configs_are_valid(path):
+  validate_config(load_config(path.stem))
+
+
+@pytest.mark.parametrize(
+  "trio",
+  [("default", "transformer", "hybrid"), ("small:wave", "small:transformer", "small:hybrid")],
+  ids=["default", "small"],
+)
+def test_quality_trios_have_equal_size(trio):
+  """The quality benchmark compares these three per size: same width and depth, parameters within 2%."""
+  totals = []
+  for entry in trio:
+    config = load_config(*entry.split(":"))
+    validate_config(config)
+    model = nnx.eval_shape(lambda config=config: WaveFieldLM(config.model, rngs=nnx.Rngs(0)))
+    totals.append(count_params(model)["total"])
+  assert max(totals) / min(totals) < 1.02, totals
+  assert load_config(*trio[0].split(":")).model.mixers != load_config(*trio[1].split(":")).model.mixers
+
+
+def test_small_config_names_its_choices():
+  with pytest.raises(ValueError, match=r"configs/small.py takes one of \['hybrid', 'transformer', 'wave'\]"):
+    load_config("small", "mamba")
 
 
 @pytest.mark.parametrize(

@@ -168,8 +168,8 @@ def write(results: dict, models: list[str], seeds: list[int], steps: int, size: 
   ax.set_ylabel("validation bits per byte")
   ax.grid(alpha=0.3)
   ax.legend()
-  fig.tight_layout()
   ax.set_title(f"{SIZE_NOTES[size]}, {steps} steps")
+  fig.tight_layout()
   fig.savefig(common.RESULTS / f"{name}.png", dpi=120)
 
 

@@ -1,10 +1,14 @@
-"""Where the time goes: the wave convolution against its FFT floor, and the mixer against its projections.
+"""Where the time goes: each method of the wave convolution op by op, and the mixer against its projections.
 
-At L = 32k (B=1, D=512, 8 heads, float32, median of 5): wave_conv and the bare rfft + irfft on data
-already laid out [B, H, K, L], then each op of wave_conv's compiled program on its own (XLA makes five:
-transpose + zero-pad in, rfft, the spectral product, irfft, slice + transpose out; the floor's program
-is pad, rfft, irfft, slice), and the kernel with its spectrum; at L = 8k the wave mixer's forward against
-its projections alone (in: D -> 4D, out: D -> D).
+At L = 32k (B=1, D=512, 8 heads, float32, median of 5):
+- the FFT method and the bare rfft + irfft on data already laid out [B, H, K, L], then each op of the FFT
+  method's compiled program on its own (XLA makes five: transpose + zero-pad in, rfft, the spectral product,
+  irfft, slice + transpose out; the floor's program is pad, rfft, irfft, slice), and the kernel with its
+  spectrum;
+- the matmul method (T = 64) beside one memory pass over u (u * 2), then its pieces: the in-chunk Toeplitz
+  matmul (with the layout copies XLA puts around it), the chunk end states, the grouped scan of the states
+  entering each chunk, and their read-out, forward and forward + backward;
+at L = 8k the wave mixer's forward against its projections alone (in: D -> 4D, out: D -> D).
 
   python -m benchmarks.profile_conv
 """
@@ -20,6 +24,38 @@ from benchmarks import common
 
 def median_ms(fn, x) -> float:
   return 1e3 * common.time_call(lambda: jax.block_until_ready(fn(x)), repeats=5, warmup=1)["median_s"]
+
+
+def matmul_pieces(u: jax.Array, c: jax.Array, g: jax.Array, p: jax.Array, chunk_size: int = 64) -> dict[str, float]:
+  """Median ms of the matmul method and of each of its pieces, forward and forward + backward."""
+  from wavefield_jax import physics
+
+  batch, length, heads, channels = u.shape
+  x = u.reshape(batch, length // chunk_size, chunk_size, heads, channels)  # [B, C, T, H, K]
+  local_states = physics._chunk_states(x, c, g)  # [B, C, H, K]
+  initial = jnp.zeros_like(local_states[:, 0])
+  entering = physics._entering_states(local_states, c, g, chunk_size, initial)
+  response = physics._response(c, g, p, chunk_size)  # [H, T]
+  pieces = {
+    "matmul method": (lambda x: physics.wave_conv(x, c, g, p, method="matmul", chunk_size=chunk_size), u),
+    "memory floor (u * 2)": (lambda x: x * 2, u),
+    "piece: in-chunk Toeplitz matmul": (
+      lambda x: physics._local_conv(x, c, g, p, "matmul", jnp.float32),
+      x,
+    ),
+    "piece: chunk end states": (lambda x: physics._chunk_states(x, c, g), x),
+    "piece: states entering chunks (grouped scan)": (
+      lambda z: physics._entering_states(z, c, g, chunk_size, initial),
+      local_states,
+    ),
+    "piece: read-out of the entering states": (lambda s: physics._state_readout(response, s), entering),
+  }
+  times = {}
+  for name, (fn, arg) in pieces.items():
+    times[name] = median_ms(jax.jit(fn), arg)
+    real = lambda a, fn=fn: jnp.sum(jnp.abs(fn(a)) ** 2)  # noqa: E731
+    times[name + ", forward + backward"] = median_ms(jax.jit(jax.grad(real)), arg)
+  return times
 
 
 def main() -> None:
@@ -39,7 +75,7 @@ def main() -> None:
   k_hat = jnp.fft.rfft(physics.wave_kernel(c, g, p, length), n=n)  # [H, F]
   y_padded = jnp.fft.irfft(u_hat, n=n, axis=-1)  # [B, H, K, n]
   conv = {
-    "wave_conv": (jax.jit(lambda x: physics.wave_conv(x, c, g, p)), u),
+    "fft method": (jax.jit(lambda x: physics.wave_conv(x, c, g, p, method="fft")), u),
     "rfft + irfft (floor)": (
       jax.jit(lambda x: jnp.fft.irfft(jnp.fft.rfft(x, n=n, axis=-1), n=n, axis=-1)[..., :length]),
       u_heads_last,
@@ -57,6 +93,7 @@ def main() -> None:
     "kernel + spectrum": (jax.jit(lambda c: jnp.fft.rfft(physics.wave_kernel(c, g, p, length), n=n)), c),
   }
   rows = [[f"L={length:,}", name, f"{median_ms(fn, x):,.1f}"] for name, (fn, x) in conv.items()]
+  rows += [[f"L={length:,}", name, f"{ms:,.1f}"] for name, ms in matmul_pieces(u, c, g, p).items()]
   mixer = layers.WaveFieldMixer(dim, heads, max_len=8192, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(mixer)
   x = jnp.asarray(rng.standard_normal((1, 8192, dim)), jnp.float32)

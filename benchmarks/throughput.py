@@ -1,7 +1,8 @@
 """Training throughput: tokens per second of one full jitted train step (forward, backward, AdamW).
 
-The default model size (D=128, 4 layers) as wave, Transformer and hybrid, at several window lengths
-with the same 8192 tokens per step (batch = 8192 / L), float32, each case in a fresh process.
+The default model size (D=128, 4 layers) as wave (its wave convolution by FFT, as before the matmul form,
+and by "auto"), Transformer and hybrid, at several window lengths with the same 8192 tokens per step
+(batch = 8192 / L), float32, each case in a fresh process.
 
   python -m benchmarks.throughput [--lengths 256,1024,4096,8192] [--repeats 5]
 """
@@ -15,7 +16,13 @@ import numpy as np
 from benchmarks import common
 
 MODULE = "benchmarks.throughput"
-MIXERS = {"wave": ("wave",) * 4, "transformer": ("attention",) * 4, "hybrid": ("wave", "wave", "attention", "wave")}
+# model name -> (mixers, wave method)
+MODELS = {
+  "wave_fft": (("wave",) * 4, "fft"),
+  "wave": (("wave",) * 4, "auto"),
+  "transformer": (("attention",) * 4, "auto"),
+  "hybrid": (("wave", "wave", "attention", "wave"), "auto"),
+}
 TOKENS_PER_STEP = 8192
 
 
@@ -27,7 +34,7 @@ def measure(case: dict) -> dict:
   from wavefield_jax.train_lib import init_state, make_train_step
 
   config = base_config()
-  config.model.mixers = MIXERS[case["model"]]
+  config.model.mixers, config.model.wave_method = MODELS[case["model"]]
   config.model.max_len = case["length"]
   graphdef, state, optimizer = init_state(config, seed=0)
   step = make_train_step(graphdef, optimizer, skip_nonfinite=False)
@@ -51,7 +58,7 @@ def main() -> None:
   lengths = [int(v) for v in args.lengths.split(",")]
   rows = []
   for length in lengths:
-    for model in MIXERS:
+    for model in MODELS:
       result = common.run_case(MODULE, {"model": model, "length": length, "repeats": args.repeats})
       print(result, flush=True)
       rows.append(result)
@@ -68,22 +75,22 @@ def write(rows: list[dict], lengths: list[int]) -> None:
   nan = float("nan")
   table_rows = []
   for length in lengths:
-    rate = {m: by[(m, length)].get("tokens_per_s", nan) for m in MIXERS}
+    rate = {m: by[(m, length)].get("tokens_per_s", nan) for m in MODELS}
     table_rows.append(
       [
         f"{length:,}",
-        *(f"{rate[m]:,.0f}" for m in MIXERS),
+        *(f"{rate[m]:,.0f}" for m in MODELS),
+        f"{rate['wave'] / rate['wave_fft']:.2f}x",
         f"{rate['wave'] / rate['transformer']:.2f}x",
         f"{rate['hybrid'] / rate['transformer']:.2f}x",
       ]
     )
-  table = common.markdown_table(
-    ["L", "wave tok/s", "transformer tok/s", "hybrid tok/s", "wave / transformer", "hybrid / transformer"], table_rows
-  )
+  header = ["L", *(f"{m} tok/s" for m in MODELS), "wave / wave_fft", "wave / transformer", "hybrid / transformer"]
+  table = common.markdown_table(header, table_rows)
   table += f"\n\nDefault size (D=128, 4 layers), {TOKENS_PER_STEP} tokens per step, float32, median step time."
   common.write_results("throughput", {"machine": common.machine(), "rows": rows}, table)
   fig, ax = plt.subplots(figsize=(6.5, 4))
-  for model, colour in zip(MIXERS, ("tab:blue", "tab:red", "tab:purple"), strict=True):
+  for model, colour in zip(MODELS, ("tab:cyan", "tab:blue", "tab:red", "tab:purple"), strict=True):
     xs = [n for n in lengths if "tokens_per_s" in by[(model, n)]]
     ax.plot(xs, [by[(model, n)]["tokens_per_s"] for n in xs], "o-", color=colour, label=model)
   ax.set_xscale("log", base=2)

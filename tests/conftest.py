@@ -1,4 +1,4 @@
-"""Test setup: 8 host CPU devices, set before JAX starts (DESIGN section 5)."""
+"""Test setup: 8 host CPU devices, set before JAX starts (docs/design.md, section 6)."""
 
 import os
 

@@ -61,9 +61,11 @@ def test_every_path_is_finite_and_equals_the_field(problem, chunk_size):
     u = jnp.asarray(u, jnp.bfloat16)
   want = conv_f64(np.asarray(u, np.float64), *(np.asarray(a, np.float32) for a in (speed, damping, phase)))
   outputs = {
-    "wave_conv": wf.wave_conv(u, speed, damping, phase),
+    "wave_conv fft": wf.wave_conv(u, speed, damping, phase, method="fft"),
+    "wave_conv matmul": wf.wave_conv(u, speed, damping, phase, method="matmul"),
     "wave_scan": wf.wave_scan(u, speed, damping, phase),
-    "wave_conv_chunked": wf.wave_conv_chunked(u, speed, damping, phase, chunk_size=chunk_size)[0],
+    "wave_conv_chunked fft": wf.wave_conv_chunked(u, speed, damping, phase, chunk_size, method="fft")[0],
+    "wave_conv_chunked matmul": wf.wave_conv_chunked(u, speed, damping, phase, chunk_size, method="matmul")[0],
   }
   for name, y in outputs.items():
     assert y.shape == u.shape and y.dtype == u.dtype, name

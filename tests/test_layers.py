@@ -11,8 +11,23 @@ import wavefield_jax as wf
 from wavefield_jax import layers
 
 
-def make_mixer(seed: int, dim=32, heads=4, max_len=256, conv_width=4, dtype=jnp.float32):
-  return wf.WaveFieldMixer(dim, heads, max_len=max_len, conv_width=conv_width, dtype=dtype, rngs=nnx.Rngs(seed))
+def make_mixer(
+  seed: int, dim=32, heads=4, max_len=256, conv_width=4, dtype=jnp.float32, method="auto", chunk_size=None
+):
+  return wf.WaveFieldMixer(
+    dim,
+    heads,
+    max_len=max_len,
+    conv_width=conv_width,
+    method=method,
+    chunk_size=chunk_size,
+    dtype=dtype,
+    rngs=nnx.Rngs(seed),
+  )
+
+
+# The parallel forward by each method, against the recurrence (decode) and the chunked prefill.
+METHODS = [("fft", None), ("matmul", None), ("matmul", 16)]
 
 
 def decode_token_by_token(mixer, x):
@@ -25,9 +40,10 @@ def decode_token_by_token(mixer, x):
   return jnp.stack(outputs, axis=1), cache
 
 
+@pytest.mark.parametrize("method, chunk_size", METHODS)
 @pytest.mark.parametrize("length", [1, 5, 256])
-def test_token_by_token_equals_parallel_forward(rng, length):
-  mixer = make_mixer(int(rng.integers(1 << 30)))
+def test_token_by_token_equals_parallel_forward(rng, length, method, chunk_size):
+  mixer = make_mixer(int(rng.integers(1 << 30)), method=method, chunk_size=chunk_size)
   x = rng.standard_normal((2, length, 32)).astype(np.float32)
   parallel = mixer(x)
   stepped, _ = decode_token_by_token(mixer, x)
@@ -35,8 +51,9 @@ def test_token_by_token_equals_parallel_forward(rng, length):
   assert relative_error(stepped, parallel) < 1e-4
 
 
-def test_prefill_then_steps_equals_parallel_forward(rng):
-  mixer = make_mixer(int(rng.integers(1 << 30)))
+@pytest.mark.parametrize("method, chunk_size", METHODS)
+def test_prefill_then_steps_equals_parallel_forward(rng, method, chunk_size):
+  mixer = make_mixer(int(rng.integers(1 << 30)), method=method, chunk_size=chunk_size)
   x = rng.standard_normal((3, 60, 32)).astype(np.float32)
   head, cache = mixer.prefill(x[:, :41])
   tail = []
@@ -51,8 +68,9 @@ def test_prefill_then_steps_equals_parallel_forward(rng):
   assert relative_error(jnp.concatenate([first, second], axis=1), mixer(x)) < 1e-4
 
 
-def test_mixer_is_causal(rng):
-  mixer = make_mixer(int(rng.integers(1 << 30)), dim=16, heads=2)
+@pytest.mark.parametrize("method, chunk_size", METHODS)
+def test_mixer_is_causal(rng, method, chunk_size):
+  mixer = make_mixer(int(rng.integers(1 << 30)), dim=16, heads=2, method=method, chunk_size=chunk_size)
   x = rng.standard_normal((1, 20, 16)).astype(np.float32)
   assert future_leak(lambda v: mixer(v), x) < 1e-6
 
@@ -109,3 +127,5 @@ def test_bad_mixer_config():
     make_mixer(0, dim=30, heads=4)
   with pytest.raises(ValueError, match="conv_width"):
     make_mixer(0, conv_width=0)
+  with pytest.raises(ValueError, match="method must be one of"):
+    make_mixer(0, method="fast")

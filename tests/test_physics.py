@@ -1,4 +1,4 @@
-"""The pure physics functions against independent float64 references (DESIGN sections 1-2)."""
+"""The pure physics functions against independent float64 references (docs/design.md, sections 1-2)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from reference import (
   conv_f64,
+  conv_f64_fft,
   field_f64,
   future_leak,
   kernel_f64,
@@ -16,6 +17,9 @@ from reference import (
 
 import wavefield_jax as wf
 from wavefield_jax import physics
+
+# Every property of the convolution holds for each way of computing it.
+METHODS = ["fft", "matmul"]
 
 
 @pytest.mark.parametrize("length", [1, 100, 4096, 65536])
@@ -48,14 +52,38 @@ def test_field_is_the_toeplitz_matrix_of_the_kernel(rng):
   assert np.all(np.triu(got[0], k=1) == 0)
 
 
-@pytest.mark.parametrize("length", [1, 7, 64, 1000, 4097])
-def test_conv_matches_quadratic_field(rng, length):
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("length", [1, 7, 63, 64, 1000, 4097])
+def test_conv_matches_quadratic_field(rng, length, method):
   small = length > 1000
   B, H, K = (1, 2, 2) if small else tuple(rng.integers(1, 4, size=3))
   u, speed, damping, phase = random_problem(rng, B=B, L=length, H=H, K=K)
-  got = wf.wave_conv(u, speed, damping, phase)
+  got = wf.wave_conv(u, speed, damping, phase, method=method)
   assert got.shape == u.shape and got.dtype == jnp.float32
   assert relative_error(got, conv_f64(u, speed, damping, phase)) < 1e-3
+
+
+@pytest.mark.parametrize("method, chunk_size", [("fft", None), ("matmul", 64), ("matmul", 16)])
+def test_conv_matches_float64_at_64k_with_long_lived_heads(rng, method, chunk_size):
+  # 64k positions are 1024 chunks of 64 (4096 of 16): a head with damping 1e-6 sums every one of them,
+  # so an error in the state carried from chunk to chunk would add up here.
+  u, speed, damping, phase = random_problem(rng, B=1, L=65536, H=4, K=2)
+  damping[:] = [1e-6, 1e-6, 1e-4, 0.3]
+  speed[:2] = [1e-4, np.float32(np.pi) - 1e-4]  # next to 0 and to pi
+  got = np.asarray(wf.wave_conv(u, speed, damping, phase, method=method, chunk_size=chunk_size))
+  want = conv_f64_fft(u, speed, damping, phase)
+  for head in range(4):
+    assert relative_error(got[:, :, head], want[:, :, head]) < 1e-4, (head, damping[head])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_conv_holds_across_nine_decades_of_damping(rng, method):
+  u, speed, damping, phase = random_problem(rng, B=2, L=300, H=6, K=2)
+  damping[:] = [1e-9, 1e-6, 1e-3, 1.0, 1e3, 1e6]  # from one-wave-for-all-positions to the identity
+  got = np.asarray(wf.wave_conv(u, speed, damping, phase, method=method, chunk_size=32))
+  want = conv_f64(u, speed, damping, phase)
+  for head in range(6):
+    assert relative_error(got[:, :, head], want[:, :, head]) < 1e-4, (head, damping[head])
 
 
 def test_fft_length_is_long_enough_for_a_linear_convolution():
@@ -69,27 +97,30 @@ def test_fft_length_is_long_enough_for_a_linear_convolution():
     assert remainder == 1, n
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("length", [1, 37, 512])
-def test_scan_matches_conv(rng, length):
+def test_scan_matches_conv(rng, length, method):
   u, speed, damping, phase = random_problem(rng, B=2, L=length, H=3, K=4)
-  want = wf.wave_conv(u, speed, damping, phase)
+  want = wf.wave_conv(u, speed, damping, phase, method=method)
   assert relative_error(wf.wave_scan(u, speed, damping, phase), want) < 1e-3
   assert relative_error(want, conv_f64(u, speed, damping, phase)) < 1e-3
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("chunk_size", [1, 16, 50, 64, 300])
-def test_chunked_matches_conv_and_scan(rng, chunk_size):
+def test_chunked_matches_conv_and_scan(rng, chunk_size, method):
   u, speed, damping, phase = random_problem(rng, B=2, L=256, H=3, K=2)
   want = conv_f64(u, speed, damping, phase)
-  chunked = wf.wave_conv(u, speed, damping, phase, chunk_size=chunk_size)
+  chunked = wf.wave_conv(u, speed, damping, phase, method=method, chunk_size=chunk_size)
   assert relative_error(chunked, want) < 1e-3
   assert relative_error(chunked, wf.wave_scan(u, speed, damping, phase)) < 1e-3
 
 
-def test_chunked_returns_the_state_the_recurrence_reaches(rng):
+@pytest.mark.parametrize("method", METHODS)
+def test_chunked_returns_the_state_the_recurrence_reaches(rng, method):
   u, speed, damping, phase = random_problem(rng, B=2, L=77, H=3, K=2)
   initial = (rng.standard_normal((2, 3, 2)) + 1j * rng.standard_normal((2, 3, 2))).astype(np.complex64)
-  y, state = wf.wave_conv_chunked(u, speed, damping, phase, chunk_size=20, initial_state=initial)
+  y, state = wf.wave_conv_chunked(u, speed, damping, phase, chunk_size=20, initial_state=initial, method=method)
   # The recurrence written out in float64.
   lam = np.exp(-damping.astype(np.float64) + 1j * speed.astype(np.float64))
   norm = -np.expm1(-damping.astype(np.float64))
@@ -104,9 +135,10 @@ def test_chunked_returns_the_state_the_recurrence_reaches(rng):
 @pytest.mark.parametrize(
   "name, fn",
   [
-    ("conv", lambda u, c, g, p: wf.wave_conv(u, c, g, p)),
+    ("fft", lambda u, c, g, p: wf.wave_conv(u, c, g, p, method="fft")),
     ("scan", lambda u, c, g, p: wf.wave_scan(u, c, g, p)),
-    ("chunked", lambda u, c, g, p: wf.wave_conv(u, c, g, p, chunk_size=7)),
+    ("fft chunked", lambda u, c, g, p: wf.wave_conv(u, c, g, p, method="fft", chunk_size=7)),
+    ("matmul", lambda u, c, g, p: wf.wave_conv(u, c, g, p, method="matmul", chunk_size=7)),
   ],
 )
 def test_output_never_depends_on_the_future(rng, name, fn):
@@ -134,8 +166,9 @@ def test_gradients_through_constants_match_finite_differences(rng):
 
     def losses(c, g, p):
       return {
-        "conv": jnp.sum(weights * wf.wave_conv(u, c, g, p)),
-        "chunked": jnp.sum(weights * wf.wave_conv(u, c, g, p, chunk_size=16)),
+        "fft": jnp.sum(weights * wf.wave_conv(u, c, g, p, method="fft")),
+        "fft chunked": jnp.sum(weights * wf.wave_conv(u, c, g, p, method="fft", chunk_size=16)),
+        "matmul": jnp.sum(weights * wf.wave_conv(u, c, g, p, method="matmul", chunk_size=16)),
         "scan": jnp.sum(weights * wf.wave_scan(u, c, g, p)),
         "kernel": jnp.sum(weights[0, :, :, 0].T * wf.wave_kernel(c, g, p, 50)),
       }
@@ -146,7 +179,7 @@ def test_gradients_through_constants_match_finite_differences(rng):
       return np.sum(weights * conv_f64(u, c, g, p))
 
     constants = (speed, damping, phase)
-    for name in ("conv", "chunked", "scan", "kernel"):
+    for name in ("fft", "fft chunked", "matmul", "scan", "kernel"):
       grads = jax.grad(lambda *a, name=name: losses(*a)[name], argnums=(0, 1, 2))(*constants)
       for which, (value, grad) in enumerate(zip(constants, grads, strict=True)):
         assert grad.dtype == jnp.float64
@@ -160,10 +193,12 @@ def test_gradients_through_constants_match_finite_differences(rng):
           assert abs(grad[head] - numeric) <= 1e-5 * max(1.0, abs(numeric)), (name, which, head)
 
 
-def test_gradient_with_respect_to_sources_is_the_transposed_field(rng):
+@pytest.mark.parametrize("method", METHODS)
+def test_gradient_with_respect_to_sources_is_the_transposed_field(rng, method):
   u, speed, damping, phase = random_problem(rng, B=1, L=30, H=2, K=1)
   weights = rng.standard_normal(u.shape).astype(np.float32)
-  grad = jax.grad(lambda x: jnp.sum(weights * wf.wave_conv(x, speed, damping, phase)))(u)
+  conv = lambda x: wf.wave_conv(x, speed, damping, phase, method=method, chunk_size=8)  # noqa: E731
+  grad = jax.grad(lambda x: jnp.sum(weights * conv(x)))(u)
   want = np.einsum("hts,bthk->bshk", field_f64(speed, damping, phase, 30), weights)
   assert relative_error(grad, want) < 1e-4
 
@@ -176,11 +211,12 @@ def test_functions_jit(rng):
   assert relative_error(kernel, kernel_f64(speed, damping, phase, 33)) < 1e-4
 
 
-def test_bfloat16_in_bfloat16_out(rng):
+@pytest.mark.parametrize("method", METHODS)
+def test_bfloat16_in_bfloat16_out(rng, method):
   u, speed, damping, phase = random_problem(rng, B=2, L=300, H=4, K=8)
-  got = wf.wave_conv(jnp.asarray(u, jnp.bfloat16), speed, damping, phase)
+  got = wf.wave_conv(jnp.asarray(u, jnp.bfloat16), speed, damping, phase, method=method)
   assert got.dtype == jnp.bfloat16
-  want = wf.wave_conv(jnp.asarray(u, jnp.bfloat16).astype(jnp.float32), speed, damping, phase)
+  want = conv_f64(np.asarray(jnp.asarray(u, jnp.bfloat16).astype(jnp.float32)), speed, damping, phase)
   assert relative_error(got.astype(jnp.float32), want) < 1e-2  # bf16 keeps 8 bits of mantissa
   assert wf.wave_scan(jnp.asarray(u, jnp.bfloat16), speed, damping, phase).dtype == jnp.bfloat16
 
@@ -211,5 +247,7 @@ def test_bad_length_and_chunk_size(rng):
     wf.wave_kernel(speed, damping, phase, 0)
   with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
     wf.wave_conv(u, speed, damping, phase, chunk_size=0)
+  with pytest.raises(ValueError, match="method must be one of"):
+    wf.wave_conv(u, speed, damping, phase, method="fast")
   with pytest.raises(ValueError, match="initial_state must have shape"):
     wf.wave_scan(u, speed, damping, phase, initial_state=np.zeros((1, 2, 3), np.complex64))

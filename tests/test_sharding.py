@@ -7,7 +7,7 @@ import pytest
 from reference import conv_f64, random_problem, relative_error
 
 import wavefield_jax as wf
-from wavefield_jax import sharding
+from wavefield_jax import parallel, sharding
 from wavefield_jax.config import base_config
 from wavefield_jax.train_lib import init_state, make_train_step, token_losses
 
@@ -16,12 +16,15 @@ def test_eight_devices():
   assert jax.device_count() == 8
 
 
+@pytest.mark.parametrize("method", ["fft", "matmul"])
 @pytest.mark.parametrize("data, seq", [(2, 4), (1, 8), (8, 1)])
-def test_sequence_parallel_conv_equals_single_device(rng, data, seq):
+def test_sequence_parallel_conv_equals_single_device(rng, data, seq, method):
   mesh = sharding.make_mesh(data, seq)
   u, speed, damping, phase = random_problem(rng, B=8, L=96, H=3, K=2)
   damping[0] = 1e-3  # a long memory crosses every device boundary
-  got = jax.jit(sharding.sharded_wave_conv, static_argnums=4)(u, speed, damping, phase, mesh)
+  # Chunks of 5 inside each device's 12 (or 96) positions: a ragged last chunk on every device.
+  conv = lambda *a: parallel.sharded_wave_conv(*a, mesh, method=method, chunk_size=5)  # noqa: E731
+  got = jax.jit(conv)(u, speed, damping, phase)
   assert relative_error(got, conv_f64(u, speed, damping, phase)) < 1e-3
   assert relative_error(got, wf.wave_conv(u, speed, damping, phase)) < 1e-4
   weights = rng.standard_normal(u.shape).astype(np.float32)
@@ -29,7 +32,7 @@ def test_sequence_parallel_conv_equals_single_device(rng, data, seq):
   def loss(fn):
     return lambda u, c, g, p: jnp.sum(weights * fn(u, c, g, p))
 
-  sharded = jax.jit(jax.grad(loss(lambda *a: sharding.sharded_wave_conv(*a, mesh)), argnums=(0, 1, 2, 3)))
+  sharded = jax.jit(jax.grad(loss(conv), argnums=(0, 1, 2, 3)))
   single = jax.jit(jax.grad(loss(wf.wave_conv), argnums=(0, 1, 2, 3)))
   for got_grad, want_grad in zip(sharded(u, speed, damping, phase), single(u, speed, damping, phase), strict=True):
     assert relative_error(got_grad, want_grad) < 1e-4
@@ -38,7 +41,7 @@ def test_sequence_parallel_conv_equals_single_device(rng, data, seq):
 def test_sequence_parallel_needs_divisible_lengths(rng):
   u, speed, damping, phase = random_problem(rng, B=2, L=30, H=2, K=2)
   with pytest.raises(ValueError, match="divisible by the mesh's seq axis"):
-    sharding.sharded_wave_conv(u, speed, damping, phase, sharding.make_mesh(2, 4))
+    parallel.sharded_wave_conv(u, speed, damping, phase, sharding.make_mesh(2, 4))
 
 
 def tiny_config():

@@ -6,6 +6,8 @@ import math
 
 import ml_collections
 
+from wavefield_jax.physics import METHODS as WAVE_METHODS
+
 MIXERS = ("wave", "attention")
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
@@ -23,6 +25,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     mlp_dim: hidden width of the gated MLP.
     conv_width: width of the wave mixer's short causal conv.
     max_len: the training context; it sets the slowest initial damping (1 / max_len).
+    wave_method: how wave layers convolve, "auto", "fft" or "matmul" (the same result; see physics.wave_conv).
+    wave_chunk_size: positions per chunk of the wave convolution; None for the method's default.
     dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
     attention_impl: None, "xla" or "cudnn" for jax.nn.dot_product_attention.
   """
@@ -36,6 +40,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       mlp_dim=384,
       conv_width=4,
       max_len=256,
+      wave_method="auto",
+      wave_chunk_size=ml_collections.FieldReference(None, field_type=int),
       dtype="float32",
       attention_impl=ml_collections.FieldReference(None, field_type=str),
     )
@@ -76,6 +82,10 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"model.dim / model.num_heads must be even for rotary attention; got {config.dim // config.num_heads}"
     )
+  if config.wave_method not in WAVE_METHODS:
+    raise ValueError(f"model.wave_method must be one of {WAVE_METHODS}; got {config.wave_method!r}")
+  if config.wave_chunk_size is not None:
+    _require_int("model.wave_chunk_size", config.wave_chunk_size, 1)
   if config.dtype not in DTYPES:
     raise ValueError(f"model.dtype must be one of {DTYPES}; got {config.dtype!r}")
   if config.attention_impl not in ATTENTION_IMPLEMENTATIONS:

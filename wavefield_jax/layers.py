@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wavefield_jax import physics, sharding
+from wavefield_jax import parallel, physics
 
 Cache = dict[str, Any]
 
@@ -55,7 +55,7 @@ def inverse_softplus(y: jax.Array) -> jax.Array:
 
 
 def initial_constants(num_heads: int, max_len: int, rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Heads spread across scales (DESIGN section 1); traceable, so models can be built under jit.
+  """Heads spread across scales (docs/design.md, section 1); traceable, so models can be built under jit.
 
   Damping is geometric from 1/max_len (global heads, decay over the whole context) to 1 (local heads);
   speeds are stratified over (0, pi] and phases over [0, pi), both shuffled so that speed and decay
@@ -104,17 +104,23 @@ class WaveFieldMixer(nnx.Module):
     *,
     max_len: int,
     conv_width: int = 4,
+    method: str = "auto",
+    chunk_size: int | None = None,
     dtype: Any = jnp.float32,
     mesh: jax.sharding.Mesh | None = None,
     rngs: nnx.Rngs,
   ):
-    """mesh: with a ("data", "seq") mesh, the parallel forward runs the wave convolution inside
-    shard_map, positions split over "seq" (`sharding.sharded_wave_conv`)."""
+    """method, chunk_size: how the wave convolution is computed (`physics.wave_conv`); every method gives
+    the same result. mesh: with a ("data", "seq") mesh, the parallel forward runs the wave convolution
+    inside shard_map, positions split over "seq" (`parallel.sharded_wave_conv`)."""
     if dim % num_heads:
       raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
     if conv_width < 1:
       raise ValueError(f"conv_width must be >= 1; got {conv_width}")
+    if method not in physics.METHODS:
+      raise ValueError(f"method must be one of {physics.METHODS}; got {method!r}")
     self.dim, self.num_heads, self.conv_width, self.dtype = dim, num_heads, conv_width, dtype
+    self.method, self.chunk_size = method, chunk_size
     self.mesh = mesh
     self.in_proj = nnx.Linear(dim, 4 * dim, use_bias=False, dtype=dtype, rngs=rngs)  # q, k, v, gate
     # The short conv starts as the identity plus noise: each of q, k, v first sees its own token.
@@ -152,11 +158,12 @@ class WaveFieldMixer(nnx.Module):
     return self.output(z, gate)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    """[B, L, D] -> [B, L, D], the FFT path (sharded over the mesh if the mixer has one)."""
-    if self.mesh is None:
-      return self.prefill(x)[0]
+    """[B, L, D] -> [B, L, D], the parallel convolution (sharded over the mesh if the mixer has one)."""
     q, u, gate, _ = self._sources(x, None)
-    y = sharding.sharded_wave_conv(u, *self.constants(), self.mesh)
+    if self.mesh is None:
+      y = physics.wave_conv(u, *self.constants(), method=self.method, chunk_size=self.chunk_size)
+    else:
+      y = parallel.sharded_wave_conv(u, *self.constants(), self.mesh, method=self.method, chunk_size=self.chunk_size)
     return self._readout(q, y, gate)
 
   def prefill(self, x: jax.Array, cache: Cache | None = None) -> tuple[jax.Array, Cache]:
@@ -165,7 +172,9 @@ class WaveFieldMixer(nnx.Module):
       cache = self.init_cache(x.shape[0])
     speed, damping, phase = self.constants()
     q, u, gate, qkv = self._sources(x, cache["conv"])
-    y, state = physics.wave_conv_chunked(u, speed, damping, phase, initial_state=cache["wave"])
+    y, state = physics.wave_conv_chunked(
+      u, speed, damping, phase, self.chunk_size, initial_state=cache["wave"], method=self.method
+    )
     return self._readout(q, y, gate), {"conv": conv_history(qkv, cache["conv"]), "wave": state}
 
   def step(self, x_t: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:

@@ -19,7 +19,7 @@ class WaveFieldLM(nnx.Module):
   """
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs, mesh: jax.sharding.Mesh | None = None):
-    """mesh: a ("data", "seq") mesh for the wave layers' sharded convolution (see `sharding`)."""
+    """mesh: a ("data", "seq") mesh for the wave layers' sharded convolution (see `parallel`)."""
     validate_model_config(config)
     self.config = config
     dtype = jnp.dtype(config.dtype)
@@ -32,6 +32,8 @@ class WaveFieldLM(nnx.Module):
           config.num_heads,
           max_len=config.max_len,
           conv_width=config.conv_width,
+          method=config.wave_method,
+          chunk_size=config.wave_chunk_size,
           dtype=dtype,
           mesh=mesh,
           rngs=rngs,

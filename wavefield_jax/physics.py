@@ -211,11 +211,42 @@ def _causal_fft_conv(u: jax.Array, kernel: jax.Array, n: int) -> jax.Array:
 
 
 def _heads_last(u: jax.Array) -> jax.Array:
-  return jnp.transpose(u, (0, 2, 3, 1))  # [B, L, H, K] -> [B, H, K, L]: the FFT wants L last
+  return jnp.moveaxis(u, -3, -1)  # [..., L, H, K] -> [..., H, K, L]: the FFT wants L last
 
 
 def _heads_back(y: jax.Array) -> jax.Array:
-  return jnp.transpose(y, (0, 3, 1, 2))  # [B, H, K, L] -> [B, L, H, K]
+  return jnp.moveaxis(y, -1, -3)  # [..., H, K, L] -> [..., L, H, K]
+
+
+METHODS = ("auto", "fft", "matmul")
+MATMUL_CHUNK = 64  # T of the matmul form: the fastest of 16-256 on a 2-core CPU at 4k and 32k (benchmarks/scaling)
+
+
+def choose_method(length: int, backend: str | None = None) -> str:
+  """What `method="auto"` runs for a sequence of `length` positions on `backend` (default: JAX's).
+
+  The matmul form wherever it has been measured: on a 2-core CPU it took 0.1-0.3x the FFT path's forward
+  time and about half its forward + backward time at every length from 1k to 64k (benchmarks/scaling), and
+  below one chunk it is a single L x L product. On GPUs and TPUs it is the form their matrix units run;
+  `benchmarks/gpu.sh` times both methods on a card, and this rule changes if a card says otherwise.
+  """
+  del length, backend  # one rule today; the arguments are the contract for the measurements to come
+  return "matmul"
+
+
+def _check_method(method: str, chunk_size: int | None, length: int) -> tuple[str, int]:
+  """The concrete method and chunk length T (1 <= T <= L) for a call; names the bad argument."""
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+  if chunk_size is not None and (
+    not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1
+  ):
+    raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
+  if method == "auto":
+    method = choose_method(length)
+  if chunk_size is None:
+    chunk_size = MATMUL_CHUNK if method == "matmul" else length
+  return method, min(int(chunk_size), length)
 
 
 def wave_conv(
@@ -224,25 +255,35 @@ def wave_conv(
   damping: jax.Array,
   phase: jax.Array,
   *,
+  method: str = "auto",
   chunk_size: int | None = None,
 ) -> jax.Array:
-  """Causal wave-field convolution along the sequence, by FFT.
+  """Causal wave-field convolution along the sequence.
+
+  Three exact ways to compute it (docs/design.md, section 1):
+    "fft": zero-padded FFT of size >= 2L - 1 over the whole sequence; with `chunk_size`, FFTs inside
+      chunks of that many positions and the recurrent state carried across them.
+    "matmul": inside chunks of T = `chunk_size` (default 64) positions, one T x T lower-triangular Toeplitz
+      matrix per head applied by a batched matmul; across chunks the complex state, carried by a short
+      scan over L / T chunks (Mamba-2's SSD structure). No FFT and no transpose of u in the program.
+    "auto": `choose_method(L)`, which today is "matmul" (its docstring says why).
 
   Args:
-    u: [B, L, H, K] sources (float32 or bfloat16; the FFT runs in float32).
+    u: [B, L, H, K] sources (float32 or bfloat16; the arithmetic runs in float32, float64 under x64).
     speed, damping, phase: [H] physical constants (speed, damping > 0).
-    chunk_size: if given, FFT inside chunks of this many positions with the recurrent state carried
-      across chunk boundaries: exact, and O(L * chunk_size) less memory per FFT for long inputs.
+    method: "auto", "fft" or "matmul".
+    chunk_size: positions per chunk (see `method`).
 
   Returns:
     [B, L, H, K] in the dtype of u: y[b, t, h] = sum_{s <= t} k_h(t - s) u[b, s, h].
   """
   speed, damping, phase = _check_constants(speed, damping, phase, u)
   _check_sources(u, speed.shape[0])
-  if chunk_size is not None:
-    y, _ = wave_conv_chunked(u, speed, damping, phase, chunk_size)
-    return y
   length = u.shape[1]
+  method, chunk_size = _check_method(method, chunk_size, length)
+  if method == "matmul" or chunk_size < length:
+    y, _ = wave_conv_chunked(u, speed, damping, phase, chunk_size, method=method)
+    return y
   kernel = wave_kernel(speed, damping, phase, length)  # [H, L]
   y = _causal_fft_conv(_heads_last(u.astype(kernel.dtype)), kernel, fft_length(length))
   return _heads_back(y).astype(u.dtype)
@@ -263,6 +304,12 @@ def wave_state(u: jax.Array, speed: jax.Array, damping: jax.Array) -> jax.Array:
   return jnp.einsum("hl,blhk->bhk", reversed_powers, u.astype(reversed_powers.dtype))
 
 
+def _response(speed: jax.Array, damping: jax.Array, phase: jax.Array, length: int) -> jax.Array:
+  """norm * exp(i phase) * lambda**(tau + 1), tau = 0, ..., length - 1: [H, length] complex. The real part
+  of its product with a state is what the state contributes tau positions later."""
+  return _norm(damping)[:, None] * _powers(speed, damping, length, offset=1) * _rotation(phase)[:, None]
+
+
 def state_response(state: jax.Array, speed: jax.Array, damping: jax.Array, phase: jax.Array, length: int) -> jax.Array:
   """What the next `length` positions receive from a state carried in from before them.
 
@@ -273,14 +320,122 @@ def state_response(state: jax.Array, speed: jax.Array, damping: jax.Array, phase
   Returns:
     [B, length, H, K] float32: norm * Re(exp(i phase) lambda**(tau + 1) state), tau = 0, ..., length - 1.
   """
-  powers = _powers(speed, damping, length, offset=1) * _rotation(phase)[:, None]  # [H, L]
-  return _norm(damping)[None, None, :, None] * jnp.real(jnp.einsum("hl,bhk->blhk", powers, state))
+  return _state_readout(_response(speed, damping, phase, length), state[:, None])[:, 0]
+
+
+@jax.custom_vjp
+def _readout_parts(response_re, response_im, state_re, state_im):
+  """Re(response * state) = response_re * state_re - response_im * state_im, broadcast to [B, C, T, H, K]
+  from response [H, T] and state [B, C, H, K] (real and imaginary parts given apart)."""
+  return (
+    response_re.T[None, None, :, :, None] * state_re[:, :, None]
+    - response_im.T[None, None, :, :, None] * state_im[:, :, None]
+  )  # [B, C, T, H, K]
+
+
+def _readout_parts_fwd(response_re, response_im, state_re, state_im):
+  return _readout_parts(response_re, response_im, state_re, state_im), (response_re, response_im, state_re, state_im)
+
+
+def _readout_parts_bwd(saved, g):
+  # The forward is a broadcast product: one fused pass, where an einsum over the size-2 (re, im) axis took
+  # 2.1x as long. The reductions of its gradient are matmuls: as einsums, the whole convolution's
+  # forward + backward took 0.4x the time of the broadcast-and-reduce that autodiff derives (2-core CPU,
+  # L = 16k, H = 8, K = 64).
+  response_re, response_im, state_re, state_im = saved
+  return (
+    jnp.einsum("bcthk,bchk->ht", g, state_re),
+    -jnp.einsum("bcthk,bchk->ht", g, state_im),
+    jnp.einsum("bcthk,ht->bchk", g, response_re),
+    -jnp.einsum("bcthk,ht->bchk", g, response_im),
+  )
+
+
+_readout_parts.defvjp(_readout_parts_fwd, _readout_parts_bwd)
+
+
+def _state_readout(response: jax.Array, state: jax.Array) -> jax.Array:
+  """Re(response[h, t] * state[b, c, h, k]): [H, T] complex and [B, C, H, K] complex -> [B, C, T, H, K] real."""
+  return _readout_parts(jnp.real(response), jnp.imag(response), jnp.real(state), jnp.imag(state))
 
 
 def state_decay(speed: jax.Array, damping: jax.Array, steps: int) -> jax.Array:
   """lambda**steps = exp((-damping + i speed) * steps), [H] complex: what a state becomes after `steps`
   positions without new sources."""
   return _powers(speed, damping, 1, offset=steps)[:, 0]
+
+
+def _local_conv(x: jax.Array, speed, damping, phase, method: str, matmul_dtype: jnp.dtype) -> jax.Array:
+  """The convolution inside each chunk, from a zero state.
+
+  Args:
+    x: [B, C, T, H, K] chunks of sources, float32 (float64 under x64).
+    method: "fft" or "matmul".
+    matmul_dtype: the operand dtype of the matmul (bfloat16 feeds matrix units at full rate).
+
+  Returns:
+    [B, C, T, H, K] in the dtype of x.
+  """
+  chunk_size = x.shape[2]
+  if method == "fft":
+    kernel = wave_kernel(speed, damping, phase, chunk_size)  # [H, T]
+    return _heads_back(_causal_fft_conv(_heads_last(x), kernel, fft_length(chunk_size)))
+  field = wave_field(speed, damping, phase, chunk_size)  # [H, T, T]: field[h, t, s] = k_h(t - s)
+  # float32 operands at full float32 precision: TPUs and GPUs otherwise round them to bf16 / tf32.
+  precision = jax.lax.Precision.DEFAULT if matmul_dtype == jnp.bfloat16 else jax.lax.Precision.HIGHEST
+  operands = field.astype(matmul_dtype), x.astype(matmul_dtype)
+  return jnp.einsum("hts,bcshk->bcthk", *operands, precision=precision, preferred_element_type=x.dtype)
+
+
+def _chunk_states(x: jax.Array, speed: jax.Array, damping: jax.Array) -> jax.Array:
+  """The state each chunk leaves from a zero start: [B, C, T, H, K] real -> [B, C, H, K] complex.
+
+  A real matmul against the real and imaginary parts of lambda**(T-1-s): a complex einsum would first
+  copy x to complex."""
+  reversed_powers = _powers(speed, damping, x.shape[2])[:, ::-1]  # [H, T]: lambda**(T-1-s)
+  parts = jnp.stack([jnp.real(reversed_powers), jnp.imag(reversed_powers)], axis=-1)  # [H, T, 2]
+  state = jnp.einsum("hsr,bcshk->bcrhk", parts, x, precision=jax.lax.Precision.HIGHEST)  # [B, C, 2, H, K]
+  return jax.lax.complex(state[:, :, 0], state[:, :, 1])
+
+
+def _entering_states(
+  chunk_states: jax.Array, speed: jax.Array, damping: jax.Array, chunk_size: int, initial_state: jax.Array
+) -> jax.Array:
+  """The state entering each chunk: s_j = lambda**T s_{j-1} + z_{j-1}, s_0 = initial_state.
+
+  Multiplying by lambda**T once per chunk would compound its float32 rounding: a head with damping 1e-6
+  lost 1e-4 of relative accuracy over 4096 chunks that way. Instead the chunks are grouped by G ~ sqrt(C):
+  inside a group every power lambda**(T n) comes straight from its reduced angle and is applied by a
+  small matmul, and only the G-fold hop between groups is carried by a scan, over C / G steps.
+
+  Args:
+    chunk_states: [B, C, H, K] complex, z_j: the state chunk j leaves from a zero start.
+    chunk_size: T.
+    initial_state: [B, H, K] complex, the state before the first chunk.
+
+  Returns:
+    [B, C, H, K] complex: the state entering each chunk.
+  """
+  batch, num_chunks, heads, channels = chunk_states.shape
+  group = max(1, math.isqrt(num_chunks))  # G
+  num_groups = -(-num_chunks // group)
+  # Zero states after the last chunk change nothing before them.
+  z = jnp.pad(chunk_states, ((0, 0), (0, num_groups * group - num_chunks), (0, 0), (0, 0)))
+  z = z.reshape(batch, num_groups, group, heads, channels)  # [B, N, G, H, K]
+  hops = _powers(speed, damping, group * chunk_size + 1)[:, ::chunk_size]  # [H, G + 1]: lambda**(T n)
+  # Within a group, from a zero start: row r (0..G) sums lambda**(T (r - 1 - q)) z_q over q < r.
+  lag = np.arange(group + 1)[:, None] - 1 - np.arange(group)[None, :]  # [G + 1, G]
+  within = jnp.where(lag >= 0, hops[:, np.clip(lag, 0, None)], 0)  # [H, G + 1, G]
+  partial = jnp.einsum("hrq,bnqhk->bnrhk", within, z, precision=jax.lax.Precision.HIGHEST)  # [B, N, G+1, H, K]
+  hop = hops[None, :, group, None]  # [1, H, 1]: lambda**(T G)
+
+  def carry(state, group_end):
+    return hop * state + group_end, state
+
+  _, group_entering = jax.lax.scan(carry, initial_state, jnp.moveaxis(partial[:, :, group], 1, 0))  # [N, B, H, K]
+  group_entering = jnp.moveaxis(group_entering, 0, 1)  # [B, N, H, K]
+  entering = hops.T[None, None, :group, :, None] * group_entering[:, :, None] + partial[:, :, :group]
+  return entering.reshape(batch, num_groups * group, heads, channels)[:, :num_chunks]
 
 
 def wave_conv_chunked(
@@ -290,14 +445,20 @@ def wave_conv_chunked(
   phase: jax.Array,
   chunk_size: int | None = None,
   initial_state: jax.Array | None = None,
+  *,
+  method: str = "auto",
 ) -> tuple[jax.Array, jax.Array]:
-  """The chunked path: FFT inside each chunk, the complex state carried across chunk boundaries.
+  """The state-carrying form: each chunk convolved on its own, the complex state carried across chunks.
+
+  Prefill (a prompt after a cache) and the sequence-parallel path (a shard after the devices before it)
+  use it; `wave_conv` is it with a zero initial state.
 
   Args:
     u: [B, L, H, K]; L need not be a multiple of chunk_size.
     speed, damping, phase: [H].
-    chunk_size: T, positions per chunk; None for one chunk (plain FFT plus the carried state).
+    chunk_size: T, positions per chunk; None for the method's default (all of L for "fft", 64 for "matmul").
     initial_state: optional [B, H, K] complex state from positions before u (e.g. another device).
+    method: "auto", "fft" or "matmul": how each chunk is convolved (see `wave_conv`).
 
   Returns:
     y: [B, L, H, K] in the dtype of u, and the [B, H, K] complex64 state after the last position.
@@ -305,38 +466,25 @@ def wave_conv_chunked(
   speed, damping, phase = _check_constants(speed, damping, phase, u)
   _check_sources(u, speed.shape[0])
   batch, length, heads, channels = u.shape
-  if chunk_size is None:
-    chunk_size = length
-  if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
-    raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
-  chunk_size = min(int(chunk_size), length)
+  method, chunk_size = _check_method(method, chunk_size, length)
   num_chunks = -(-length // chunk_size)
   padded = num_chunks * chunk_size
   # Zeros appended after the end change nothing before them: the convolution is causal.
   x = jnp.pad(u.astype(speed.dtype), ((0, 0), (0, padded - length), (0, 0), (0, 0)))
   x = x.reshape(batch, num_chunks, chunk_size, heads, channels)  # [B, C, T, H, K]
-  chunks = jnp.moveaxis(x, 1, 0)  # [C, B, T, H, K]
+  matmul_dtype = jnp.bfloat16 if u.dtype == jnp.bfloat16 else x.dtype
+  local = _local_conv(x, speed, damping, phase, method, matmul_dtype)  # [B, C, T, H, K]
+  local_states = _chunk_states(x, speed, damping)  # [B, C, H, K]
 
-  kernel = wave_kernel(speed, damping, phase, chunk_size)  # [H, T]
-  n = fft_length(chunk_size)
-  local = jax.vmap(lambda c: _heads_back(_causal_fft_conv(_heads_last(c), kernel, n)))(chunks)
-  local_states = jax.vmap(lambda c: wave_state(c, speed, damping))(chunks)  # [C, B, H, K]
-
-  # State entering chunk j: s_j = lambda**T s_{j-1} + z_{j-1}, a short scan over chunks.
-  hop = state_decay(speed, damping, chunk_size)  # [H]: lambda**T
   initial_state = _check_state(initial_state, u, speed.dtype)
-
-  def carry(state, chunk_state):
-    return hop[None, :, None] * state + chunk_state, state
-
-  _, entering = jax.lax.scan(carry, initial_state, local_states)  # [C, B, H, K]
-  incoming = jax.vmap(lambda s: state_response(s, speed, damping, phase, chunk_size))(entering)
-  y = jnp.moveaxis(local + incoming, 0, 1).reshape(batch, padded, heads, channels)[:, :length]
+  entering = _entering_states(local_states, speed, damping, chunk_size, initial_state)  # [B, C, H, K]
+  incoming = _state_readout(_response(speed, damping, phase, chunk_size), entering)  # [B, C, T, H, K]
+  y = (local + incoming).reshape(batch, padded, heads, channels)[:, :length]
   # The state after the real last position, not after the zero padding that follows it.
   tail = length - (num_chunks - 1) * chunk_size
   tail_hop = state_decay(speed, damping, tail)  # [H]: lambda**tail
   tail_sources = u[:, (num_chunks - 1) * chunk_size :]  # [B, tail, H, K]
-  final_state = tail_hop[None, :, None] * entering[-1] + wave_state(tail_sources, speed, damping)
+  final_state = tail_hop[None, :, None] * entering[:, -1] + wave_state(tail_sources, speed, damping)
   return y.astype(u.dtype), final_state
 
 

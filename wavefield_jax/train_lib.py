@@ -171,8 +171,10 @@ def evaluate(
 
 
 def config_record(config: ml_collections.ConfigDict) -> dict:
-  """What a checkpoint depends on: the model, the tokenizer and the window length."""
-  return {"model": config.model.to_dict(), "tokenizer": config.data.tokenizer, "seq_len": config.data.seq_len}
+  """What a checkpoint depends on: the model, the tokenizer and the window length. How the wave
+  convolution is computed is not part of it: every method gives the same model."""
+  model = {k: v for k, v in config.model.to_dict().items() if k not in ("wave_method", "wave_chunk_size")}
+  return {"model": model, "tokenizer": config.data.tokenizer, "seq_len": config.data.seq_len}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test bench lint format clean
+.PHONY: train test test-fast bench lint format clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required; set PYTHON=python3.11")'
@@ -20,7 +20,12 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
+
+# The edit-test loop (under 2 minutes): everything but the tests marked slow (training, processes, 64k).
+test-fast: $(STAMP)
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest -m "not slow"
 
 # The CPU benchmark set (about 40 minutes on 2 cores); quality, recall and the soak train models and take
 # longer: run them by hand (`python -m benchmarks.quality`, `.recall`, `.soak`).

@@ -9,6 +9,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # hypothesis is imported here, at a shallow stack: imported lazily by its pytest plugin during the terminal
 # summary, its assertion-rewritten modules hit CPython 3.11.7's "AST constructor recursion depth mismatch".
+import zlib  # noqa: E402
+
 import hypothesis  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -18,10 +20,17 @@ hypothesis.settings.register_profile("wavefield", deadline=None, print_blob=True
 hypothesis.settings.load_profile("wavefield")
 
 
+# One seed per session, printed in the header: TEST_SEED=N replays every test's random inputs.
+SESSION_SEED = int(os.environ.get("TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+
+
+def pytest_report_header(config) -> str:
+  return f"TEST_SEED={SESSION_SEED} (fresh random inputs; set TEST_SEED to replay them)"
+
+
 @pytest.fixture
 def rng(request) -> np.random.Generator:
-  """Fresh random inputs for every run; the seed is printed when a test fails so it can be replayed."""
-  seed = int(os.environ.get("TEST_SEED", np.random.SeedSequence().entropy % 2**32))
-  request.node.user_properties.append(("seed", seed))
-  print(f"TEST_SEED={seed}")
-  return np.random.default_rng(seed)
+  """Fresh random inputs for every run, different for every test and replayed by the session seed."""
+  request.node.user_properties.append(("seed", SESSION_SEED))
+  print(f"TEST_SEED={SESSION_SEED}")  # shown beside a failure
+  return np.random.default_rng([SESSION_SEED, zlib.crc32(request.node.nodeid.encode())])

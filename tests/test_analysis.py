@@ -17,6 +17,9 @@ from wavefield_jax.layers import WaveFieldMixer, inverse_softplus
 from wavefield_jax.model import WaveFieldLM
 from wavefield_jax.train_lib import train_and_evaluate
 
+# Trains models, starts processes or compiles many shapes: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 VOCAB = 23
 
 
@@ -152,7 +155,7 @@ def test_inspect_writes_the_report_of_a_trained_workdir(tmp_path, rng):
   config.train.update(dict(steps=20, batch_size=8, warmup_steps=2, eval_every=1000, eval_windows=4, sample_tokens=0))
   train_and_evaluate(config, tmp_path / "run", corpus=corpus)
   (tmp_path / "text.txt").write_bytes(text[:3000])
-  command = [sys.executable, "-m", "wavefield_jax.inspect", f"--workdir={tmp_path / 'run'}", "--length=40"]
+  command = [sys.executable, "-m", "wavefield_jax.inspection", f"--workdir={tmp_path / 'run'}", "--length=40"]
   done = subprocess.run([*command, f"--text={tmp_path / 'text.txt'}", "--windows=4"], capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "step 20: physical constants per head" in done.stdout

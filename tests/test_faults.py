@@ -20,6 +20,9 @@ from wavefield_jax import data, train_lib
 from wavefield_jax.checkpointing import Checkpointer, DamagedCheckpointError
 from wavefield_jax.train_lib import TrainingError, train_and_evaluate
 
+# Trains models, starts processes or compiles many shapes: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 DRIVER = Path(__file__).resolve().parent / "train_driver.py"
 TRAIN = dict(steps=30, checkpoint_every=5, keep_checkpoints=3)
 

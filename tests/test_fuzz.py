@@ -13,6 +13,9 @@ from reference import conv_f64, kernel_f64, relative_error
 import wavefield_jax as wf
 from wavefield_jax.config import base_config, model_config, validate_config, validate_model_config
 
+# Trains models, starts processes or compiles many shapes: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 FUZZ = settings(max_examples=25, suppress_health_check=[HealthCheck.too_slow])
 
 speeds = st.one_of(

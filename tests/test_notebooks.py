@@ -55,4 +55,5 @@ def test_long_context(monkeypatch):
 
 
 NAMES = ["01_wave_physics.ipynb", "02_train_and_inspect.ipynb", "03_long_context.ipynb"]
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# Executes whole notebooks, one of them training: left out of `make test-fast`.
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]

@@ -63,6 +63,7 @@ def test_conv_matches_quadratic_field(rng, length, method):
   assert relative_error(got, conv_f64(u, speed, damping, phase)) < 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, chunk_size", [("fft", None), ("matmul", 64), ("matmul", 16)])
 def test_conv_matches_float64_at_64k_with_long_lived_heads(rng, method, chunk_size):
   # 64k positions are 1024 chunks of 64 (4096 of 16): a head with damping 1e-6 sums every one of them,

@@ -22,6 +22,9 @@ TINY_CONFIG_FILE = """
 import ml_collections
 from wavefield_jax.config import base_config
 
+# Trains models, starts processes or compiles many shapes: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 def get_config():
   config = base_config()
   config.model.update(dict(dim=32, num_layers=2, num_heads=4, mixers=("wave", "attention"), mlp_dim=64, max_len=32))
@@ -59,12 +62,18 @@ def test_the_loop_learns_a_repetitive_text(tmp_path):
   corpus = data.tokenize(
     {"train": [verse * 200], "validation": [verse * 5], "test": [verse * 5]}, data.ByteTokenizer(), 32
   )
-  result = train_and_evaluate(tiny_config(steps=250, learning_rate=1e-2), tmp_path, corpus=corpus)
+  config = tiny_config(steps=250, learning_rate=1e-2)
+  result = train_and_evaluate(config, tmp_path, corpus=corpus)
   losses = read_losses(tmp_path)
   assert losses[10] > 1.0
   assert max(losses[s] for s in range(240, 251)) < 0.1
   assert result["loss"] < 0.1 and result["bpb"] < 0.15
   assert (tmp_path / "loss.png").stat().st_size > 0 and (tmp_path / "samples.txt").exists()
+  # Started again, the finished run reports its result and writes no second record of its last step.
+  records = [(tmp_path / name).read_bytes() for name in ("metrics.jsonl", "samples.txt")]
+  again = train_and_evaluate(config, tmp_path, corpus=corpus)
+  assert again["step"] == 250 and abs(again["loss"] - result["loss"]) < 1e-6
+  assert [(tmp_path / name).read_bytes() for name in ("metrics.jsonl", "samples.txt")] == records
 
 
 def run_train(config_file: Path, workdir: Path, text_glob: str, *overrides: str) -> subprocess.CompletedProcess:
@@ -143,7 +152,18 @@ def test_mismatched_checkpoint_restore_is_a_checkpoint_error(tmp_path):
     train_and_evaluate(config, tmp_path, corpus=corpus)
 
 
-def test_evaluate_scores_unseen_text(tmp_path, text_files):
+def test_commands_define_no_flags_when_imported():
+  from absl import flags
+
+  import wavefield_jax.evaluate
+  import wavefield_jax.inspection
+  import wavefield_jax.sample
+  import wavefield_jax.train  # noqa: F401
+
+  assert "workdir" not in flags.FLAGS and "prompt" not in flags.FLAGS
+
+
+def test_evaluate_and_sample_commands_on_a_trained_run(tmp_path, text_files):
   config_file, corpus = text_files
   workdir = tmp_path / "run"
   assert run_train(config_file, workdir, corpus, "--config.train.steps=5").returncode == 0
@@ -162,6 +182,22 @@ def test_evaluate_scores_unseen_text(tmp_path, text_files):
   (result,) = scores["files"]
   assert scores["step"] == 5 and result["bytes"] == 40 * 20 - 1
   assert 0 < result["bpb"] < 8.5 and abs(result["bpb"] - result["loss"] / 0.6931471805599453) < 1e-9
+
+  sample = [sys.executable, "-m", "wavefield_jax.sample", f"--workdir={workdir}", "--prompt=The wave", "--top_k=5"]
+  seeds = (["--seed=3"], ["--seed=3"], ["--seed=1", "--temperature=0"], ["--seed=2", "--temperature=0"])
+  runs = [
+    subprocess.run(sample + ["--max_new_tokens=12", *extra], capture_output=True, text=True, cwd=REPO, timeout=300)
+    for extra in seeds
+  ]
+  for done in runs:
+    assert done.returncode == 0, done.stderr[-2000:]
+  first, again, greedy_1, greedy_2 = (done.stdout.splitlines() for done in runs)
+  assert first[0].startswith("--- sample 1 of 1 (step 5, seed 3)") and first == again  # the seed decides the text
+  text = "\n".join(first[1:])
+  assert text.startswith("The wave") and len(text.encode()) >= len("The wave") + 12 - 1  # 12 new bytes
+  assert greedy_1[1:] == greedy_2[1:]  # greedy decoding ignores the seed
+  bad = subprocess.run(sample + ["--top_p=1.5"], capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert bad.returncode != 0 and "top_p must be in (0, 1]" in bad.stderr
 
 
 def test_two_processes_on_localhost_agree_with_one(tmp_path):

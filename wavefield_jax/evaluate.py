@@ -13,16 +13,6 @@ import json
 import sys
 from pathlib import Path
 
-from absl import app, flags, logging
-
-_WORKDIR = flags.DEFINE_string(
-  "workdir", None, "A training workdir (holds config.json and checkpoints/).", required=True
-)
-_TEXT = flags.DEFINE_multi_string("text", None, "A text file to score; repeat for several.", required=True)
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object with every result instead of lines.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Windows per evaluation batch.")
-
 
 def score_files(workdir: str | Path, paths: list[str], step: int | None = None, batch_size: int = 8) -> dict:
   """{"step": int, "files": [{"path", "loss", "bpb", "tokens", "bytes"}, ...]} for each text file."""
@@ -49,23 +39,36 @@ def score_files(workdir: str | Path, paths: list[str], step: int | None = None, 
   return {"step": step, "files": results}
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  from wavefield_jax.checkpointing import CheckpointError
-  from wavefield_jax.data import DataError
+def main() -> None:
+  """The `wavefield-evaluate` command; its flags exist only once it runs."""
+  from absl import app, flags, logging
 
-  try:
-    scores = score_files(_WORKDIR.value, _TEXT.value, _STEP.value, _BATCH.value)
-  except (CheckpointError, DataError) as error:
-    sys.exit(f"error: {error}")
-  if _JSON.value:
-    print(json.dumps(scores, indent=1))
-    return
-  for r in scores["files"]:
-    counts = f"{r['tokens']:,} tokens, {r['bytes']:,} bytes, step {scores['step']}"
-    print(f"{r['path']}: {r['loss']:.4f} nats/token, {r['bpb']:.4f} bits/byte ({counts})")
+  flags.DEFINE_string("workdir", None, "A training workdir (holds config.json and checkpoints/).", required=True)
+  flags.DEFINE_multi_string("text", None, "A text file to score; repeat for several.", required=True)
+  flags.DEFINE_bool("json", False, "Print one JSON object with every result instead of lines.")
+  flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
+  flags.DEFINE_integer("batch_size", 8, "Windows per evaluation batch.")
+
+  def run(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    from wavefield_jax.checkpointing import CheckpointError
+    from wavefield_jax.data import DataError
+
+    f = flags.FLAGS
+    try:
+      scores = score_files(f.workdir, f.text, f.step, f.batch_size)
+    except (CheckpointError, DataError) as error:
+      sys.exit(f"error: {error}")
+    if f.json:
+      print(json.dumps(scores, indent=1))
+      return
+    for r in scores["files"]:
+      counts = f"{r['tokens']:,} tokens, {r['bytes']:,} bytes, step {scores['step']}"
+      print(f"{r['path']}: {r['loss']:.4f} nats/token, {r['bpb']:.4f} bits/byte ({counts})")
+
+  app.run(run)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

@@ -380,14 +380,16 @@ def train_and_evaluate(
     with metrics_path.open("a") as f:
       f.write(json.dumps(record) + "\n")
 
-  def run_eval(step: int) -> dict:
+  def run_eval(step: int, record: bool = True) -> dict:
+    """Validation and a sample at `step`; `record=False` (a finished run started again) writes neither."""
     result = evaluate(eval_step, state["params"], valid_windows, valid_weights, token_bytes, train.batch_size)
-    log({"kind": "eval", "step": step} | result)
+    if record:
+      log({"kind": "eval", "step": step} | result)
     text = ""
     if jax.process_count() == 1:  # sampling runs on one process's devices: left out of multi-process runs
       rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
       text = sample_text(graphdef, state["params"], corpus, train, rng)
-    if lead:
+    if lead and record:
       with (workdir / "samples.txt").open("a") as f:
         f.write(f"--- step {step}, validation {result['bpb']:.3f} bits per byte ---\n{text}\n\n")
     return result | {"sample": text}
@@ -421,6 +423,8 @@ def train_and_evaluate(
     with tqdm(total=train.steps, initial=start, desc="train", unit="step", dynamic_ncols=True) as bar:
       for step in range(start, train.steps):
         state, metrics = train_step(state, global_batch(next(batches)))
+        if pending:  # at most one step in flight: the bar moves as steps finish, not as they are queued
+          jax.block_until_ready(pending[-1][1])
         pending.append((step + 1, metrics))
         done = step + 1
         if done % train.log_every == 0 or done == train.steps:
@@ -446,7 +450,7 @@ def train_and_evaluate(
           return {"step": done, "interrupted": True}
     checkpointer.wait()
     final = int(state["step"])
-    result = run_eval(final)
+    result = run_eval(final, record=final > start)  # a finished run started again adds no second record
     if lead:
       plot_losses(metrics_path, workdir / "loss.png")
   finally:

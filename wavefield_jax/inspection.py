@@ -1,7 +1,7 @@
 """Inspect a trained model: its heads' physical constants, their kernels and fields, waves in the
 medium, the information-flow map and the loss's sensitivity to each constant.
 
-  python -m wavefield_jax.inspect --workdir runs/default [--step N] [--text FILE] [--length 96]
+  python -m wavefield_jax.inspection --workdir runs/default [--step N] [--text FILE] [--length 96]
 
 Writes PNG files and report.md into WORKDIR/inspect/ (or --out) and prints the constants table.
 The text the flow map and the gradients are measured on is --text, or else the validation split of
@@ -13,17 +13,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-
-from absl import app, flags, logging
-
-_WORKDIR = flags.DEFINE_string(
-  "workdir", None, "A training workdir (holds config.json and checkpoints/).", required=True
-)
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to inspect (default: the latest).")
-_OUT = flags.DEFINE_string("out", None, "Where to write the report (default: WORKDIR/inspect).")
-_TEXT = flags.DEFINE_string("text", None, "Text to measure flow and gradients on (default: validation split).")
-_LENGTH = flags.DEFINE_integer("length", 96, "Tokens in the information-flow map and the field pictures.")
-_WINDOWS = flags.DEFINE_integer("windows", 16, "Windows of the training length for the loss gradients.")
 
 TABLE_COLUMNS = ("layer", "head", "speed", "speed_init", "damping", "damping_init", "decay_length", "period", "phase")
 GRADIENT_COLUMNS = (
@@ -131,21 +120,35 @@ def _flow_reach(flow) -> float:
   return float(np.median(shares)) if shares else float("nan")
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  from wavefield_jax import analysis
-  from wavefield_jax.checkpointing import CheckpointError
-  from wavefield_jax.data import DataError
+def main() -> None:
+  """The `wavefield-inspect` command; its flags exist only once it runs."""
+  from absl import app, flags, logging
 
-  try:
-    result = inspect_workdir(_WORKDIR.value, _OUT.value, _STEP.value, _TEXT.value, _LENGTH.value, _WINDOWS.value)
-  except (CheckpointError, DataError, ValueError, OSError) as error:
-    sys.exit(f"error: {error}")
-  print(f"step {result['step']}: physical constants per head\n")
-  print(analysis.markdown_table(result["constants"], TABLE_COLUMNS))
-  print("\nwrote " + ", ".join(result["files"]))
+  flags.DEFINE_string("workdir", None, "A training workdir (holds config.json and checkpoints/).", required=True)
+  flags.DEFINE_integer("step", None, "Checkpoint step to inspect (default: the latest).")
+  flags.DEFINE_string("out", None, "Where to write the report (default: WORKDIR/inspect).")
+  flags.DEFINE_string("text", None, "Text to measure flow and gradients on (default: validation split).")
+  flags.DEFINE_integer("length", 96, "Tokens in the information-flow map and the field pictures.")
+  flags.DEFINE_integer("windows", 16, "Windows of the training length for the loss gradients.")
+
+  def run(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    from wavefield_jax import analysis
+    from wavefield_jax.checkpointing import CheckpointError
+    from wavefield_jax.data import DataError
+
+    f = flags.FLAGS
+    try:
+      result = inspect_workdir(f.workdir, f.out, f.step, f.text, f.length, f.windows)
+    except (CheckpointError, DataError, ValueError, OSError) as error:
+      sys.exit(f"error: {error}")
+    print(f"step {result['step']}: physical constants per head\n")
+    print(analysis.markdown_table(result["constants"], TABLE_COLUMNS))
+    print("\nwrote " + ", ".join(result["files"]))
+
+  app.run(run)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

@@ -1,7 +1,6 @@
 """The fault suite: killed runs, damaged checkpoints, unusable workdirs and non-finite losses lose nothing."""
 
 import errno
-import hashlib
 import json
 import os
 import pathlib
@@ -14,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_driver import tiny_config, tiny_corpus
+from helpers import file_digests, read_losses, tiny_config, tiny_corpus
 
 from wavefield_jax import data, train_lib
 from wavefield_jax.checkpointing import Checkpointer, DamagedCheckpointError
@@ -34,23 +33,10 @@ def drive(workdir: Path, kill: dict | None = None, **train) -> subprocess.Comple
   return subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
 
 
-def losses(workdir: Path) -> dict[int, float]:
-  """The loss of every step; a step logged again after a resume keeps its last value."""
-  return {r["step"]: r["loss"] for r in train_lib.read_metrics(workdir / "metrics.jsonl") if r["kind"] == "train"}
-
-
-def digest(directory: Path) -> dict[str, str]:
-  return {
-    str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-    for p in sorted(directory.rglob("*"))
-    if p.is_file()
-  }
-
-
 def test_runs_killed_anywhere_resume_from_the_last_complete_checkpoint_with_the_same_losses(tmp_path):
   reference = drive(tmp_path / "reference")
   assert reference.returncode == 0, reference.stderr[-2000:]
-  want = losses(tmp_path / "reference")
+  want = read_losses(tmp_path / "reference")
   assert sorted(want) == list(range(1, 31))
 
   run = tmp_path / "killed"
@@ -71,7 +57,7 @@ def test_runs_killed_anywhere_resume_from_the_last_complete_checkpoint_with_the_
   done = drive(run)
   assert done.returncode == 0, done.stderr[-2000:]
   assert f"resuming from step {complete} in" in done.stdout  # never from an incomplete step
-  got = losses(run)
+  got = read_losses(run)
   assert sorted(got) == sorted(want)
   assert [got[s] for s in want] == [want[s] for s in want]  # bit for bit
   (final,) = [json.loads(line[7:]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -112,13 +98,13 @@ def flip_a_byte(path: Path) -> None:
 )
 def test_a_damaged_checkpoint_is_named_by_step_and_file_and_left_as_it_is(trained, tmp_path, damage, problem):
   workdir, file = damaged_copy(trained, tmp_path, damage)
-  before = digest(workdir)
+  before = file_digests(workdir)
   with pytest.raises(DamagedCheckpointError) as error:
     train_and_evaluate(tiny_config(steps=20, checkpoint_every=5), workdir, corpus=tiny_corpus())
   message = str(error.value)
   assert "checkpoint step 15 is damaged" in message and str(file) in message and problem in message
   assert "train.restore_fallback=True to resume from step 10" in message
-  assert digest(workdir) == before  # nothing written, overwritten or deleted
+  assert file_digests(workdir) == before  # nothing written, overwritten or deleted
 
 
 def test_without_a_manifest_orbax_reading_errors_still_name_the_step(trained, tmp_path):
@@ -126,24 +112,24 @@ def test_without_a_manifest_orbax_reading_errors_still_name_the_step(trained, tm
   (workdir / "checkpoints" / "manifests" / "15.json").unlink()  # as if killed before the manifest was written
   for chunk in (workdir / "checkpoints" / "15" / "state").rglob("d/*"):  # every array data file
     truncate(chunk)
-  before = digest(workdir)
+  before = file_digests(workdir)
   with pytest.raises(DamagedCheckpointError, match=r"checkpoint step 15 in .*15 could not be read"):
     train_and_evaluate(tiny_config(steps=20, checkpoint_every=5), workdir, corpus=tiny_corpus())
-  assert digest(workdir) == before
+  assert file_digests(workdir) == before
 
 
 def test_fallback_resumes_from_the_previous_checkpoint_and_keeps_the_damaged_one(trained, tmp_path):
   workdir, _ = damaged_copy(trained, tmp_path, flip_a_byte)
-  damaged = digest(workdir / "checkpoints" / "15")
+  damaged = file_digests(workdir / "checkpoints" / "15")
   config = tiny_config(steps=20, checkpoint_every=5, restore_fallback=True)
   train_and_evaluate(config, workdir, corpus=tiny_corpus())
-  assert digest(workdir / "damaged_checkpoints" / "15") == damaged  # moved aside, not deleted
+  assert file_digests(workdir / "damaged_checkpoints" / "15") == damaged  # moved aside, not deleted
   assert (workdir / "damaged_checkpoints" / "15.manifest.json").exists()
   assert Checkpointer(workdir / "checkpoints").all_steps() == [10, 15, 20]
   # Steps 11-15 were trained again from step 10 and match the first time, as does everything after.
   reference = tmp_path / "reference"
   train_and_evaluate(tiny_config(steps=20, checkpoint_every=5), reference, corpus=tiny_corpus())
-  assert losses(workdir) == losses(reference)
+  assert read_losses(workdir) == read_losses(reference)
 
 
 def test_a_metrics_line_cut_by_a_kill_is_ended_and_skipped(trained, tmp_path):
@@ -152,7 +138,7 @@ def test_a_metrics_line_cut_by_a_kill_is_ended_and_skipped(trained, tmp_path):
   with (workdir / "metrics.jsonl").open("a") as f:
     f.write('{"kind": "train", "step": 16, "lo')  # what a SIGKILL in the middle of a write leaves
   train_and_evaluate(tiny_config(steps=20, checkpoint_every=5), workdir, corpus=tiny_corpus())
-  assert sorted(losses(workdir)) == list(range(1, 21))
+  assert sorted(read_losses(workdir)) == list(range(1, 21))
   assert (workdir / "loss.png").stat().st_size > 0
 
 

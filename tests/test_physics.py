@@ -1,9 +1,11 @@
 """The pure physics functions against independent float64 references (docs/design.md, sections 1-2)."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import SESSION_SEED
 from reference import (
   conv_f64,
   conv_f64_fft,
@@ -202,6 +204,23 @@ def test_gradient_with_respect_to_sources_is_the_transposed_field(rng, method):
   grad = jax.grad(lambda x: jnp.sum(weights * conv(x)))(u)
   want = np.einsum("hts,bthk->bshk", field_f64(speed, damping, phase, 30), weights)
   assert relative_error(grad, want) < 1e-4
+
+
+class TransformsTest(chex.TestCase):
+  """The same cases jitted, unjitted and under pmap (each of the 8 host devices computes them)."""
+
+  @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
+  def test_every_method_equals_the_float64_field_under_each_transform(self):
+    rng = np.random.default_rng([SESSION_SEED, 12])
+    u, speed, damping, phase = random_problem(rng, B=2, L=70, H=3, K=2)
+    want = conv_f64(u, speed, damping, phase)
+    for method, chunk_size in (("fft", None), ("fft", 16), ("matmul", 16)):
+      conv = self.variant(lambda *a, m=method, t=chunk_size: wf.wave_conv(*a, method=m, chunk_size=t))
+      got = conv(u, speed, damping, phase)
+      chex.assert_shape(got, u.shape)
+      assert relative_error(got, want) < 1e-4, (method, chunk_size)
+    scan = self.variant(wf.wave_scan)
+    assert relative_error(scan(u, speed, damping, phase), want) < 1e-4
 
 
 def test_functions_jit(rng):

@@ -1,5 +1,6 @@
 """Sharding on 8 host CPU devices: sequence-parallel wave conv, sharded train steps, no hidden gathers."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,8 +89,7 @@ def test_sharded_train_step_equals_one_device(rng, data, seq, fsdp):
   got_loss, got_norm, got_params, _, _ = one_step(sharding.make_mesh(data, seq), batch, fsdp)
   assert abs(got_loss - want_loss) <= 1e-5 * abs(want_loss)
   assert abs(got_norm - want_norm) <= 1e-5 * abs(want_norm)
-  for got, want in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params), strict=True):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(jax.device_get(got_params), jax.device_get(want_params), rtol=1e-4, atol=1e-6)
 
 
 def test_data_parallel_step_has_no_all_gather(rng):

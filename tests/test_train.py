@@ -1,60 +1,41 @@
 """The training loop: it learns, resumes exactly across processes, and refuses mismatched workdirs."""
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import ml_collections
 import pytest
+from helpers import file_digests, read_losses
 
 from wavefield_jax import data
 from wavefield_jax.checkpointing import CheckpointError
-from wavefield_jax.config import base_config
-from wavefield_jax.train_lib import read_metrics, train_and_evaluate
+from wavefield_jax.train_lib import train_and_evaluate
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = dict(dim=32, num_layers=2, num_heads=4, mixers=("wave", "attention"), mlp_dim=64, max_len=32)
 
 TINY_CONFIG_FILE = """
 import ml_collections
 from wavefield_jax.config import base_config
 
-# Trains models, starts processes or compiles many shapes: left out of `make test-fast`.
-pytestmark = pytest.mark.slow
-
 def get_config():
   config = base_config()
-  config.model.update(dict(dim=32, num_layers=2, num_heads=4, mixers=("wave", "attention"), mlp_dim=64, max_len=32))
+  config.model.update(TINY_MODEL)
   config.data.update(dict(source="local_text", seq_len=32))
   config.train.update(dict(steps=24, batch_size=4, warmup_steps=4, log_every=1, eval_every=10, eval_windows=4,
                            checkpoint_every=5, sample_tokens=8))
   return config
-"""
+""".replace("TINY_MODEL", repr(helpers.TINY_MODEL))
+
+# Trains models, starts processes or compiles many shapes: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 def tiny_config(**train) -> ml_collections.ConfigDict:
-  config = base_config()
-  config.model.update(TINY)
-  config.data.seq_len = 32
-  config.train.update(
-    dict(batch_size=8, warmup_steps=10, log_every=10, eval_every=1000, eval_windows=4, sample_tokens=0)
-  )
-  config.train.update(train)
-  return config
-
-
-def read_losses(workdir: Path) -> dict[int, float]:
-  return {r["step"]: r["loss"] for r in read_metrics(workdir / "metrics.jsonl") if r["kind"] == "train"}
-
-
-def tree_digest(directory: Path) -> str:
-  digest = hashlib.sha256()
-  for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-    digest.update(str(path.relative_to(directory)).encode() + path.read_bytes())
-  return digest.hexdigest()
+  return helpers.tiny_config(**(dict(warmup_steps=10, log_every=10, eval_every=1000) | train))
 
 
 def test_the_loop_learns_a_repetitive_text(tmp_path):
@@ -121,12 +102,12 @@ def test_a_workdir_of_another_model_is_refused_and_left_untouched(tmp_path, text
   config_file, corpus = text_files
   workdir = tmp_path / "run"
   assert run_train(config_file, workdir, corpus, "--config.train.steps=5").returncode == 0
-  before = tree_digest(workdir)
+  before = file_digests(workdir)
   other = run_train(config_file, workdir, corpus, "--config.model.dim=48", "--config.model.mlp_dim=96")
   assert other.returncode != 0
   assert "different config" in other.stderr and "model.dim: checkpoint 32 vs config 48" in other.stderr
   assert "Traceback" not in other.stderr
-  assert tree_digest(workdir) == before
+  assert file_digests(workdir) == before
 
 
 def test_bad_corpora_give_one_clear_line(tmp_path, text_files):

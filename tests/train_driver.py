@@ -11,26 +11,9 @@ import os
 import signal
 import sys
 
-import numpy as np
+from helpers import tiny_config, tiny_corpus
 
-from wavefield_jax import checkpointing, data, train_lib
-from wavefield_jax.config import base_config
-
-TINY_MODEL = dict(dim=32, num_layers=2, num_heads=4, mixers=("wave", "attention"), mlp_dim=64, max_len=32)
-
-
-def tiny_corpus(seed: int = 0) -> data.Corpus:
-  text = bytes(np.random.default_rng(seed).integers(97, 123, 30_000).astype(np.uint8))
-  return data.tokenize({"train": [text], "validation": [text[:2000]], "test": [text[:2000]]}, data.ByteTokenizer(), 32)
-
-
-def tiny_config(**train):
-  config = base_config()
-  config.model.update(TINY_MODEL)
-  config.data.seq_len = 32
-  config.train.update(dict(batch_size=8, warmup_steps=5, log_every=1, eval_every=10_000, eval_windows=4))
-  config.train.update(dict(sample_tokens=0) | train)
-  return config
+from wavefield_jax import checkpointing, train_lib
 
 
 def kill_self() -> None:

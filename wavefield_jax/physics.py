@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -435,7 +436,9 @@ def _entering_states(
   _, group_entering = jax.lax.scan(carry, initial_state, jnp.moveaxis(partial[:, :, group], 1, 0))  # [N, B, H, K]
   group_entering = jnp.moveaxis(group_entering, 0, 1)  # [B, N, H, K]
   entering = hops.T[None, None, :group, :, None] * group_entering[:, :, None] + partial[:, :, :group]
-  return entering.reshape(batch, num_groups * group, heads, channels)[:, :num_chunks]
+  entering = entering.reshape(batch, num_groups * group, heads, channels)[:, :num_chunks]
+  chex.assert_equal_shape([entering, chunk_states])  # checked when traced; free at run time
+  return entering
 
 
 def wave_conv_chunked(
@@ -479,6 +482,7 @@ def wave_conv_chunked(
   initial_state = _check_state(initial_state, u, speed.dtype)
   entering = _entering_states(local_states, speed, damping, chunk_size, initial_state)  # [B, C, H, K]
   incoming = _state_readout(_response(speed, damping, phase, chunk_size), entering)  # [B, C, T, H, K]
+  chex.assert_equal_shape([local, incoming, x])
   y = (local + incoming).reshape(batch, padded, heads, channels)[:, :length]
   # The state after the real last position, not after the zero padding that follows it.
   tail = length - (num_chunks - 1) * chunk_size

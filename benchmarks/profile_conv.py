@@ -5,7 +5,7 @@ At L = 32k (B=1, D=512, 8 heads, float32, median of 5):
   method's compiled program on its own (XLA makes five: transpose + zero-pad in, rfft, the spectral product,
   irfft, slice + transpose out; the floor's program is pad, rfft, irfft, slice), and the kernel with its
   spectrum;
-- the matmul method (T = 64) beside one memory pass over u (u * 2), then its pieces: the in-chunk Toeplitz
+- the matmul method (T = 32, its default) beside one memory pass over u (u * 2), then its pieces: the in-chunk Toeplitz
   matmul (with the layout copies XLA puts around it), the chunk end states, the grouped scan of the states
   entering each chunk, and their read-out, forward and forward + backward;
 at L = 8k the wave mixer's forward against its projections alone (in: D -> 4D, out: D -> D).
@@ -26,7 +26,7 @@ def median_ms(fn, x) -> float:
   return 1e3 * common.time_call(lambda: jax.block_until_ready(fn(x)), repeats=5, warmup=1)["median_s"]
 
 
-def matmul_pieces(u: jax.Array, c: jax.Array, g: jax.Array, p: jax.Array, chunk_size: int = 64) -> dict[str, float]:
+def matmul_pieces(u: jax.Array, c: jax.Array, g: jax.Array, p: jax.Array, chunk_size: int = 32) -> dict[str, float]:
   """Median ms of the matmul method and of each of its pieces, forward and forward + backward."""
   from wavefield_jax import physics
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks import common
-from wavefield_jax.train_lib import read_metrics
+from wavefield_jax.workdir import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "benchmarks" / "runs" / "quality"
@@ -64,7 +64,8 @@ def score(size: str, model: str, seed: int, steps: int) -> dict:
   import jax.numpy as jnp
 
   from wavefield_jax import data
-  from wavefield_jax.train_lib import evaluate, load_trained, make_eval_step
+  from wavefield_jax.train_lib import evaluate, make_eval_step
+  from wavefield_jax.workdir import load_trained
 
   graphdef, params, config, step = load_trained(run_dir(size, model, seed, steps))
   corpus = data.tokenize(data.shakespeare_documents(), data.get_tokenizer(config.data.tokenizer), config.data.seq_len)

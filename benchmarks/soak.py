@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
-from wavefield_jax.train_lib import read_metrics
+from wavefield_jax.workdir import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 RESUMED = re.compile(r"resuming from step (\d+)")

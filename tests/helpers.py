@@ -10,7 +10,7 @@ import numpy as np
 
 from wavefield_jax import data
 from wavefield_jax.config import base_config
-from wavefield_jax.train_lib import read_metrics
+from wavefield_jax.workdir import read_metrics
 
 # Two layers, one of each mixer, small enough to train for dozens of steps in seconds.
 TINY_MODEL = dict(dim=32, num_layers=2, num_heads=4, mixers=("wave", "attention"), mlp_dim=64, max_len=32)

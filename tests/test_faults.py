@@ -18,6 +18,7 @@ from helpers import file_digests, read_losses, tiny_config, tiny_corpus
 from wavefield_jax import data, train_lib
 from wavefield_jax.checkpointing import Checkpointer, DamagedCheckpointError
 from wavefield_jax.train_lib import TrainingError, train_and_evaluate
+from wavefield_jax.workdir import load_trained
 
 # Trains models, starts processes or compiles many shapes: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -224,7 +225,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good
     train_and_evaluate(config, tmp_path, corpus=corpus)
   steps = Checkpointer(tmp_path / "checkpoints").all_steps()
   assert steps == list(range(2, first, 2))  # every checkpoint before the bad step, none after it
-  _, params, _, step = train_lib.load_trained(tmp_path)
+  _, params, _, step = load_trained(tmp_path)
   assert step == steps[-1] and all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
 
 

@@ -2,8 +2,11 @@
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import helpers
@@ -12,7 +15,7 @@ import pytest
 from helpers import file_digests, read_losses
 
 from wavefield_jax import data
-from wavefield_jax.checkpointing import CheckpointError
+from wavefield_jax.checkpointing import Checkpointer, CheckpointError
 from wavefield_jax.train_lib import train_and_evaluate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -181,21 +184,15 @@ def test_evaluate_and_sample_commands_on_a_trained_run(tmp_path, text_files):
   assert bad.returncode != 0 and "top_p must be in (0, 1]" in bad.stderr
 
 
-def test_two_processes_on_localhost_agree_with_one(tmp_path):
-  # A text with period 16: every window of 32 is the same, so however the processes split and shuffle
-  # the windows, the global batch is the same as one process's: the losses must agree.
-  (tmp_path / "periodic.txt").write_text("wave field jax! " * 2000)
-  config_file = tmp_path / "tiny.py"
-  config_file.write_text(TINY_CONFIG_FILE.replace("steps=24", "steps=6").replace("sample_tokens=8", "sample_tokens=0"))
-  corpus = str(tmp_path / "periodic.txt")
-  port = 20000 + os.getpid() % 20000
+def start_two_processes(tmp_path: Path, config_file: Path, corpus: str, workdir: Path) -> list[subprocess.Popen]:
+  port = 20000 + (os.getpid() + len(str(workdir))) % 20000
   processes = []
   for rank in range(2):
     command = [
       sys.executable,
       str(REPO / "train.py"),
       f"--config={config_file}",
-      f"--workdir={tmp_path / 'two'}",
+      f"--workdir={workdir}",
       f"--config.data.files.train={corpus}",
       f"--config.data.tfds_dir={tmp_path / f'tfds{rank}'}",
       "--multihost",
@@ -203,10 +200,46 @@ def test_two_processes_on_localhost_agree_with_one(tmp_path):
       "--num_processes=2",
       f"--process_id={rank}",
     ]
-    env = os.environ | {"XLA_FLAGS": ""}  # one CPU device per process
+    env = os.environ | {"XLA_FLAGS": "", "PYTHONUNBUFFERED": "1"}  # one CPU device per process
     processes.append(
       subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     )
+  return processes
+
+
+def test_ctrl_c_on_one_process_stops_both_after_the_same_step_and_one_checkpoint(tmp_path):
+  (tmp_path / "periodic.txt").write_text("wave field jax! " * 2000)
+  config_file = tmp_path / "long.py"
+  long_run = dict(steps="steps=100000", log_every="log_every=2", eval_every="eval_every=100000")
+  text = TINY_CONFIG_FILE.replace("checkpoint_every=5", "checkpoint_every=100000")
+  for key, value in long_run.items():
+    text = re.sub(rf"\b{key}=\d+", value, text)
+  config_file.write_text(text.replace("sample_tokens=8", "sample_tokens=0"))
+  workdir = tmp_path / "two"
+  processes = start_two_processes(tmp_path, config_file, str(tmp_path / "periodic.txt"), workdir)
+  deadline = time.monotonic() + 240
+  while not (workdir / "metrics.jsonl").exists() or not read_losses(workdir):  # both are in the loop
+    assert time.monotonic() < deadline and all(p.poll() is None for p in processes), "training never started"
+    time.sleep(0.5)
+  processes[1].send_signal(signal.SIGINT)  # only the second process is interrupted
+  outputs = [p.communicate(timeout=300) for p in processes]
+  for process, (_, stderr) in zip(processes, outputs, strict=True):
+    assert process.returncode == 0, stderr[-2000:]
+  saved = [re.search(r"interrupted: saved step (\d+)", stdout) for stdout, _ in outputs]
+  assert all(saved), [stdout[-500:] for stdout, _ in outputs]
+  (step,) = {int(match.group(1)) for match in saved}
+  assert step % 2 == 0 and step < 100000  # at a log step, where the processes agree
+  assert Checkpointer(workdir / "checkpoints").all_steps() == [step]
+
+
+def test_two_processes_on_localhost_agree_with_one(tmp_path):
+  # A text with period 16: every window of 32 is the same, so however the processes split and shuffle
+  # the windows, the global batch is the same as one process's: the losses must agree.
+  (tmp_path / "periodic.txt").write_text("wave field jax! " * 2000)
+  config_file = tmp_path / "tiny.py"
+  config_file.write_text(TINY_CONFIG_FILE.replace("steps=24", "steps=6").replace("sample_tokens=8", "sample_tokens=0"))
+  corpus = str(tmp_path / "periodic.txt")
+  processes = start_two_processes(tmp_path, config_file, corpus, tmp_path / "two")
   single = run_train(config_file, tmp_path / "one", corpus, "--config.train.steps=6", "--config.train.sample_tokens=0")
   assert single.returncode == 0, single.stderr[-2000:]
   for process in processes:

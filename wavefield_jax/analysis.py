@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import scipy.special
 from flax import nnx
 
 from wavefield_jax import physics
@@ -110,19 +111,8 @@ def medium_response(speed: float, damping: float, length: int, steps: int) -> np
   radius = np.sqrt(np.clip((c * t) ** 2 - x**2, 0.0, None))
   # I0(z) exp(-gamma t) computed as i0e(z) exp(z - gamma t), which neither overflows nor underflows early.
   z = gamma / c * radius
-  field = np.exp(z - gamma * t) * _i0e(z) / (2.0 * c)
+  field = np.exp(z - gamma * t) * scipy.special.i0e(z) / (2.0 * c)
   return np.where(inside > 0, field, 0.0)
-
-
-def _i0e(z: np.ndarray) -> np.ndarray:
-  """exp(-z) I0(z) for z >= 0 in float64: NumPy's i0 below 500 (it overflows near 700), above that the
-  asymptotic series (relative error below 1e-11)."""
-  out = np.empty_like(z)
-  small = z < 500.0
-  out[small] = np.i0(z[small]) * np.exp(-z[small])
-  big = z[~small]
-  out[~small] = (1 + 1 / (8 * big) + 9 / (128 * big**2) + 225 / (3072 * big**3)) / np.sqrt(2 * np.pi * big)
-  return out
 
 
 def information_flow(model: nnx.Module, tokens: jax.Array, *, probes: int | None = 16, seed: int = 0) -> np.ndarray:
@@ -229,7 +219,8 @@ def load(workdir: str | Path, step: int | None = None) -> tuple[nnx.Module, nnx.
   Returns:
     model, initial model, config, step.
   """
-  from wavefield_jax.train_lib import build_model, load_trained
+  from wavefield_jax.train_lib import build_model
+  from wavefield_jax.workdir import load_trained
 
   graphdef, params, config, step = load_trained(workdir, step)
   model = nnx.merge(graphdef, params)

@@ -38,11 +38,8 @@ class DamagedCheckpointError(CheckpointError):
 
 
 def _sha256(path: Path) -> str:
-  digest = hashlib.sha256()
   with path.open("rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class Checkpointer:
@@ -127,6 +124,19 @@ class Checkpointer:
     if restored["data"] is None:
       raise DamagedCheckpointError(f"checkpoint step {step} in {self.directory / str(step)} has no data state")
     return restored["state"], restored["data"]
+
+  def restore_params(self, step: int, like_params: Any) -> Any:
+    """Only the parameters of step `step`, into the structure of `like_params` (arrays or shape structs)."""
+    self.verify(step)
+    abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, like_params)}
+    args = ocp.args.Composite(state=ocp.args.PyTreeRestore(abstract, partial_restore=True))
+    try:
+      return self.manager.restore(step, args=args)["state"]["params"]
+    except Exception as error:
+      first_line = str(error).splitlines()[0][:500] if str(error) else type(error).__name__
+      raise CheckpointError(
+        f"checkpoint step {step} in {self.directory / str(step)} has no parameters of this model: {first_line}"
+      ) from error
 
   def restore_latest(self, like: Any, fallback: bool = False) -> tuple[int, Any, dict] | None:
     """The newest checkpoint: (step, state, data state), or None when there is none.

@@ -19,7 +19,8 @@ def score_files(workdir: str | Path, paths: list[str], step: int | None = None, 
   import jax.numpy as jnp
 
   from wavefield_jax import data as data_lib
-  from wavefield_jax.train_lib import evaluate, load_trained, make_eval_step
+  from wavefield_jax.train_lib import evaluate, make_eval_step
+  from wavefield_jax.workdir import load_trained
 
   graphdef, params, config, step = load_trained(workdir, step)
   tokenizer = data_lib.get_tokenizer(config.data.tokenizer)

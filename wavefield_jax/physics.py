@@ -220,19 +220,9 @@ def _heads_back(y: jax.Array) -> jax.Array:
 
 
 METHODS = ("auto", "fft", "matmul")
-MATMUL_CHUNK = 64  # T of the matmul form: the fastest of 16-256 on a 2-core CPU at 4k and 32k (benchmarks/scaling)
-
-
-def choose_method(length: int, backend: str | None = None) -> str:
-  """What `method="auto"` runs for a sequence of `length` positions on `backend` (default: JAX's).
-
-  The matmul form wherever it has been measured: on a 2-core CPU it took 0.1-0.3x the FFT path's forward
-  time and about half its forward + backward time at every length from 1k to 64k (benchmarks/scaling), and
-  below one chunk it is a single L x L product. On GPUs and TPUs it is the form their matrix units run;
-  `benchmarks/gpu.sh` times both methods on a card, and this rule changes if a card says otherwise.
-  """
-  del length, backend  # one rule today; the arguments are the contract for the measurements to come
-  return "matmul"
+# T of the matmul form: on a 2-core CPU, 32 was the fastest of 16-256 or within 2% of it at 4k and 32k, forward
+# and forward + backward (benchmarks/scaling).
+MATMUL_CHUNK = 32
 
 
 def _check_method(method: str, chunk_size: int | None, length: int) -> tuple[str, int]:
@@ -244,7 +234,11 @@ def _check_method(method: str, chunk_size: int | None, length: int) -> tuple[str
   ):
     raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
   if method == "auto":
-    method = choose_method(length)
+    # The matmul form at every length and on every backend. On a 2-core CPU it took 0.2-0.4x the FFT
+    # method's forward time and about half its forward + backward time from 1k to 64k positions
+    # (benchmarks/scaling; below one chunk it is a single L x L product); GPU tensor cores and TPU matrix
+    # units run matmuls at many times the rate of FFTs. benchmarks/gpu.sh times both methods on a card.
+    method = "matmul"
   if chunk_size is None:
     chunk_size = MATMUL_CHUNK if method == "matmul" else length
   return method, min(int(chunk_size), length)
@@ -264,10 +258,10 @@ def wave_conv(
   Three exact ways to compute it (docs/design.md, section 1):
     "fft": zero-padded FFT of size >= 2L - 1 over the whole sequence; with `chunk_size`, FFTs inside
       chunks of that many positions and the recurrent state carried across them.
-    "matmul": inside chunks of T = `chunk_size` (default 64) positions, one T x T lower-triangular Toeplitz
+    "matmul": inside chunks of T = `chunk_size` (default 32) positions, one T x T lower-triangular Toeplitz
       matrix per head applied by a batched matmul; across chunks the complex state, carried by a short
       scan over L / T chunks (Mamba-2's SSD structure). No FFT and no transpose of u in the program.
-    "auto": `choose_method(L)`, which today is "matmul" (its docstring says why).
+    "auto": "matmul", at every length and on every backend (`_check_method` says why).
 
   Args:
     u: [B, L, H, K] sources (float32 or bfloat16; the arithmetic runs in float32, float64 under x64).
@@ -459,7 +453,7 @@ def wave_conv_chunked(
   Args:
     u: [B, L, H, K]; L need not be a multiple of chunk_size.
     speed, damping, phase: [H].
-    chunk_size: T, positions per chunk; None for the method's default (all of L for "fft", 64 for "matmul").
+    chunk_size: T, positions per chunk; None for the method's default (all of L for "fft", 32 for "matmul").
     initial_state: optional [B, H, K] complex state from positions before u (e.g. another device).
     method: "auto", "fft" or "matmul": how each chunk is convolved (see `wave_conv`).
 

@@ -36,7 +36,7 @@ def sample_text(
 
   from wavefield_jax import data as data_lib
   from wavefield_jax.generate import generate
-  from wavefield_jax.train_lib import load_trained
+  from wavefield_jax.workdir import load_trained
 
   if not prompt:
     raise ValueError("prompt must hold at least one character; a newline ('\\n') starts a fresh line")

@@ -1,4 +1,4 @@
-"""Training: the optimizer, one jitted train step, evaluation in bits per byte, and the loop.
+"""Training: the optimizer, one jitted train step, evaluation in bits per byte, the run's setup and the loop.
 
 The train state is a plain pytree {"params", "opt_state", "step", "rng"} (the model's parameters as
 a pure dict), so that one function `train_step(state, batch) -> (state, metrics)` is jitted once with
@@ -7,11 +7,10 @@ donated state and orbax saves it as is.
 
 from __future__ import annotations
 
-import json
+import contextlib
+import dataclasses
 import math
-import shutil
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,21 +21,17 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from wavefield_jax import data as data_lib
 from wavefield_jax import sharding
-from wavefield_jax.checkpointing import Checkpointer, CheckpointError
+from wavefield_jax.checkpointing import Checkpointer
 from wavefield_jax.config import validate_config
 from wavefield_jax.generate import generate
 from wavefield_jax.layers import WaveParam
 from wavefield_jax.model import WaveFieldLM, count_params
-
-State = dict[str, Any]
-
-
-class TrainingError(RuntimeError):
-  """A run that cannot go on (non-finite loss, unusable workdir); the last good checkpoint is kept."""
+from wavefield_jax.workdir import MetricsLog, State, check_free_space, check_workdir, plot_losses
 
 
 def build_model(config: ml_collections.ConfigDict, seed: int, mesh=None) -> tuple[nnx.GraphDef, dict, WaveFieldLM]:
@@ -170,127 +165,6 @@ def evaluate(
   return {"loss": nats / tokens, "bpb": nats / math.log(2) / bytes_, "tokens": int(tokens), "bytes": int(bytes_)}
 
 
-def config_record(config: ml_collections.ConfigDict) -> dict:
-  """What a checkpoint depends on: the model, the tokenizer and the window length. How the wave
-  convolution is computed is not part of it: every method gives the same model."""
-  model = {k: v for k, v in config.model.to_dict().items() if k not in ("wave_method", "wave_chunk_size")}
-  return {"model": model, "tokenizer": config.data.tokenizer, "seq_len": config.data.seq_len}
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat |= _flatten(value, f"{prefix}{key}.")
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
-def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
-  """Before any training: the workdir must be writable, and any checkpoints in it must be of this model."""
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / ".write_probe"
-    probe.write_bytes(b"\0" * 1024 * 1024)  # a checkpoint needs room, not just permission
-    probe.unlink()
-  except OSError as error:
-    raise TrainingError(f"workdir {workdir} is not usable: {error.strerror or error}") from error
-  record_path = workdir / "config.json"
-  record = json.loads(json.dumps(config_record(config)))
-  if record_path.exists():
-    saved, wanted = _flatten(json.loads(record_path.read_text())), _flatten(record)
-    saved.pop("seed", None)  # kept for analysis (the initial model); a checkpoint does not depend on it
-    diff = [
-      f"{k}: checkpoint {saved.get(k)!r} vs config {wanted.get(k)!r}"
-      for k in sorted(saved | wanted)
-      if saved.get(k) != wanted.get(k)
-    ]
-    if diff:
-      raise CheckpointError(
-        f"workdir {workdir} holds checkpoints of a different config ({'; '.join(diff)}). "
-        "Use another --workdir, or the config that wrote them; nothing was changed."
-      )
-  elif jax.process_index() == 0:
-    record_path.write_text(json.dumps(record | {"seed": config.seed}, indent=1) + "\n")
-
-
-def check_free_space(workdir: Path, state: State, keep: int) -> None:
-  """Refuses to start when the workdir's disk cannot hold the checkpoints the run will write."""
-  size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
-  need = (keep + 1) * size  # `keep` checkpoints plus the one being written
-  free = shutil.disk_usage(workdir).free
-  if free < need:
-    raise TrainingError(
-      f"workdir {workdir} has {free / 2**20:,.1f} MiB free; {keep} checkpoints of this model plus one being "
-      f"written need about {need / 2**20:,.1f} MiB. Free space, lower train.keep_checkpoints or use another --workdir."
-    )
-
-
-def load_trained(
-  workdir: str | Path, step: int | None = None
-) -> tuple[nnx.GraphDef, dict, ml_collections.ConfigDict, int]:
-  """The model of a training workdir at its latest (or the given) checkpoint.
-
-  Returns:
-    graphdef, params, the config (base defaults with the workdir's model, tokenizer, seq_len and seed), step.
-  """
-  from wavefield_jax.config import base_config
-
-  workdir = Path(workdir).expanduser().resolve()
-  record_path = workdir / "config.json"
-  if not record_path.exists():
-    raise CheckpointError(f"{workdir} is not a training workdir: it has no config.json")
-  record = json.loads(record_path.read_text())
-  config = base_config()
-  config.model.update(record["model"])
-  config.model.mixers = tuple(record["model"]["mixers"])
-  config.data.tokenizer, config.data.seq_len = record["tokenizer"], record["seq_len"]
-  config.seed = record.get("seed", config.seed)
-  checkpointer = Checkpointer(workdir / "checkpoints", asynchronous=False)
-  step = checkpointer.latest_step() if step is None else step
-  if step is None:
-    raise CheckpointError(f"{workdir / 'checkpoints'} holds no complete checkpoint")
-  graphdef, like, _ = init_state(config, seed=0)  # the structure to restore into
-  state, _ = checkpointer.restore(step, like)
-  checkpointer.close()
-  return graphdef, state["params"], config, step
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-  """The records of a metrics.jsonl; a line cut short by a killed process is skipped."""
-  rows = []
-  for line in Path(path).read_text().splitlines():
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError:
-      continue
-  return rows
-
-
-def plot_losses(metrics_path: Path, out: Path) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  rows = read_metrics(metrics_path)
-  train = [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
-  valid = [(r["step"], r["loss"]) for r in rows if r["kind"] == "eval"]
-  fig, ax = plt.subplots(figsize=(7, 4))
-  if train:
-    ax.plot(*zip(*train, strict=True), label="train loss", alpha=0.8)
-  if valid:
-    ax.plot(*zip(*valid, strict=True), "o-", label="validation loss")
-  ax.set_xlabel("step")
-  ax.set_ylabel("nats per token")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
-
-
 def sample_text(graphdef, params, corpus: data_lib.Corpus, train: ml_collections.ConfigDict, rng: jax.Array) -> str:
   if train.sample_tokens == 0:
     return ""
@@ -300,26 +174,32 @@ def sample_text(graphdef, params, corpus: data_lib.Corpus, train: ml_collections
   return corpus.tokenizer.decode(np.asarray(tokens[0]))
 
 
-def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str | Path, corpus: data_lib.Corpus | None = None
-) -> dict:
-  """Trains config in workdir, resuming from its latest checkpoint; returns the final metrics.
+@dataclasses.dataclass
+class Run:
+  """What the loop needs, built once by `setup_run`: the compiled step, the state it advances (restored
+  if the workdir has a checkpoint), the data iterator at the matching position, and the checkpointer."""
 
-  Writes workdir/metrics.jsonl (one JSON line per log and evaluation), workdir/loss.png,
-  workdir/samples.txt and orbax checkpoints under workdir/checkpoints.
-  """
-  validate_config(config)
-  workdir = Path(workdir).expanduser().resolve()
-  check_workdir(workdir, config)
+  graphdef: nnx.GraphDef
+  state: State
+  train_step: Callable
+  batches: Any  # a grain iterator: next() gives this process's [B / processes, L + 1] windows
+  to_global: Callable[[np.ndarray], jax.Array]  # this process's windows -> (its part of) the global batch
+  checkpointer: Checkpointer
+  start: int
+
+  def next_batch(self) -> jax.Array:
+    return self.to_global(next(self.batches))
+
+  def save(self, step: int, force: bool = False) -> None:
+    self.checkpointer.save(step, self.state, self.batches.get_state(), force=force)
+
+
+def setup_run(config: ml_collections.ConfigDict, workdir: Path, corpus: data_lib.Corpus) -> Run:
+  """The mesh over every device (data, and optionally sequence, parallel), the train state sharded over
+  it, the jitted step, and the latest checkpoint with its data position restored into both."""
   train = config.train
-  if corpus is None:
-    corpus = data_lib.load_corpus(config.data)
-  if corpus.tokenizer.vocab_size > config.model.vocab_size:
-    raise ValueError(
-      f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's {corpus.tokenizer.vocab_size}"
-    )
   mesh = None
-  if jax.device_count() > 1:  # data (and optionally sequence) parallel over every device
+  if jax.device_count() > 1:
     mesh = sharding.make_mesh(seq=config.mesh.seq)
     local_data = mesh.shape[sharding.DATA] // jax.process_count()
     if train.batch_size % local_data:
@@ -333,127 +213,146 @@ def train_and_evaluate(
     state_sharding = sharding.state_shardings(mesh, state, fsdp=config.mesh.fsdp)
     state = jax.device_put(state, state_sharding)  # restored checkpoints take these shardings too
     shardings = (state_sharding, sharding.batch_sharding(mesh))
-  dataset = data_lib.train_dataset(
-    corpus.tokens["train"],
-    config.data.seq_len,
-    train.batch_size // jax.process_count(),  # train.batch_size is the global batch
-    config.seed,
-    jax.process_index(),
-    jax.process_count(),
+
+  def to_global(local: np.ndarray) -> jax.Array:
+    if mesh is None:
+      return jnp.asarray(local)
+    return jax.make_array_from_process_local_data(shardings[1], local)
+
+  batches = iter(
+    data_lib.train_dataset(
+      corpus.tokens["train"],
+      config.data.seq_len,
+      train.batch_size // jax.process_count(),  # train.batch_size is the global batch
+      config.seed,
+      jax.process_index(),
+      jax.process_count(),
+    )
   )
-  batches = iter(dataset)
   checkpointer = Checkpointer(workdir / "checkpoints", keep=train.keep_checkpoints)
   restored = checkpointer.restore_latest(state, fallback=train.restore_fallback)
   if restored is not None:
     _, state, data_state = restored
     batches.set_state(data_state)
-  start = int(state["step"])
-
   train_step = make_train_step(graphdef, optimizer, train.on_nonfinite == "skip", shardings)
+  return Run(graphdef, state, train_step, batches, to_global, checkpointer, int(state["step"]))
 
-  def global_batch(local: np.ndarray) -> jax.Array:
-    """This process's batch as (its part of) the global batch array."""
-    if mesh is None:
-      return jnp.asarray(local)
-    return jax.make_array_from_process_local_data(shardings[1], local)
 
-  eval_step = make_eval_step(graphdef)
-  valid_windows, valid_weights = data_lib.eval_windows(
-    corpus.tokens["validation"], config.data.seq_len, train.eval_windows or None
-  )
-  token_bytes = jnp.asarray(corpus.tokenizer.token_bytes)
-  metrics_path = workdir / "metrics.jsonl"
-  if jax.process_index() == 0 and metrics_path.exists() and not metrics_path.read_bytes().endswith(b"\n"):
-    with metrics_path.open("a") as f:  # a kill cut the last line short: end it, so the next record stands alone
-      f.write("\n")
-  counts = count_params(nnx.merge(graphdef, state["params"]))
-  mixers = tuple(config.model.mixers)
-  print(f"model: {counts['total']:,} parameters ({counts['wave_constants']} physical constants); mixers {mixers}")
-  if start:
-    print(f"resuming from step {start} in {workdir}")
+class Evaluator:
+  """Validation loss and bits per byte of the train state's parameters, and a sample, at a step; both are
+  recorded (metrics.jsonl, samples.txt) unless `record=False`."""
 
-  lead = jax.process_index() == 0  # one process writes metrics, samples and plots
+  def __init__(self, run: Run, config: ml_collections.ConfigDict, corpus: data_lib.Corpus, log: MetricsLog):
+    self.run, self.train, self.corpus, self.log = run, config.train, corpus, log
+    self.eval_step = make_eval_step(run.graphdef)
+    self.windows, self.weights = data_lib.eval_windows(
+      corpus.tokens["validation"], config.data.seq_len, self.train.eval_windows or None
+    )
+    self.token_bytes = jnp.asarray(corpus.tokenizer.token_bytes)
+    self.samples_path = log.path.parent / "samples.txt"
 
-  def log(record: dict) -> None:
-    if not lead:
-      return
-    with metrics_path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
-
-  def run_eval(step: int, record: bool = True) -> dict:
-    """Validation and a sample at `step`; `record=False` (a finished run started again) writes neither."""
-    result = evaluate(eval_step, state["params"], valid_windows, valid_weights, token_bytes, train.batch_size)
+  def __call__(self, step: int, record: bool = True) -> dict:
+    state = self.run.state
+    result = evaluate(
+      self.eval_step, state["params"], self.windows, self.weights, self.token_bytes, self.train.batch_size
+    )
     if record:
-      log({"kind": "eval", "step": step} | result)
+      self.log.write({"kind": "eval", "step": step} | result)
     text = ""
     if jax.process_count() == 1:  # sampling runs on one process's devices: left out of multi-process runs
       rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
-      text = sample_text(graphdef, state["params"], corpus, train, rng)
-    if lead and record:
-      with (workdir / "samples.txt").open("a") as f:
+      text = sample_text(self.run.graphdef, state["params"], self.corpus, self.train, rng)
+    if self.log.lead and record:
+      with self.samples_path.open("a") as f:
         f.write(f"--- step {step}, validation {result['bpb']:.3f} bits per byte ---\n{text}\n\n")
     return result | {"sample": text}
 
-  def save(step: int, force: bool = False) -> None:
-    checkpointer.save(step, state, batches.get_state(), force=force)
 
-  def flush() -> float:
-    """Logs the steps since the last flush; stops (or records the skip) at a non-finite loss."""
-    last = float("nan")
-    for logged_step, m in jax.device_get(pending):
-      if not m["finite"]:
-        message = f"non-finite loss {m['loss']} at step {logged_step}"
-        if train.on_nonfinite == "stop":
-          raise TrainingError(f"{message}; stopped, the last good checkpoint is kept in {checkpointer.directory}")
-        log({"kind": "skipped", "step": logged_step, "loss": float(m["loss"])})
-      else:
-        log({"kind": "train", "step": logged_step, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"])})
-      last = float(m["loss"])
-    pending.clear()
-    return last
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-  # Ctrl-C: finish the step in flight, save, then stop.
-  interrupted = []
-  previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-  tokens_per_step = train.batch_size * config.data.seq_len
-  pending: list[tuple[int, dict]] = []
-  last_time, last_step = time.perf_counter(), start
-  result = {}
+
+@contextlib.contextmanager
+def interrupt_requests():
+  """While open, Ctrl-C (SIGINT) and a preemption notice (SIGTERM) only append to the yielded list: the
+  loop finishes its step, saves, and stops."""
+  requests: list[int] = []
+  previous = {sig: signal.signal(sig, lambda number, _: requests.append(number)) for sig in STOP_SIGNALS}
   try:
-    with tqdm(total=train.steps, initial=start, desc="train", unit="step", dynamic_ncols=True) as bar:
-      for step in range(start, train.steps):
-        state, metrics = train_step(state, global_batch(next(batches)))
-        if pending:  # at most one step in flight: the bar moves as steps finish, not as they are queued
-          jax.block_until_ready(pending[-1][1])
-        pending.append((step + 1, metrics))
-        done = step + 1
-        if done % train.log_every == 0 or done == train.steps:
-          loss = flush()
-          now = time.perf_counter()
-          rate = (done - last_step) * tokens_per_step / (now - last_time)
-          last_time, last_step = now, done
-          log({"kind": "speed", "step": done, "tokens_per_s": rate})
-          bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
-        bar.update(1)
-        if done % train.eval_every == 0 and done != train.steps:
-          flush()
-          result = run_eval(done)
-          bar.write(f"step {done}: validation loss {result['loss']:.4f}, {result['bpb']:.4f} bits per byte")
-        stopping = bool(interrupted) or done == train.stop_at
-        if done % train.checkpoint_every == 0 or done == train.steps or stopping:
-          flush()  # never save parameters that a non-finite step produced
-          save(done, force=stopping)
-        if stopping:
-          checkpointer.close()
-          why = "interrupted" if interrupted else f"stopped at train.stop_at={train.stop_at}"
-          print(f"{why}: saved step {done} in {checkpointer.directory}; rerun the same command to resume")
-          return {"step": done, "interrupted": True}
-    checkpointer.wait()
-    final = int(state["step"])
-    result = run_eval(final, record=final > start)  # a finished run started again adds no second record
-    if lead:
-      plot_losses(metrics_path, workdir / "loss.png")
+    yield requests
   finally:
-    signal.signal(signal.SIGINT, previous_handler)
-    checkpointer.close()
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+
+def stop_requested(requests: list[int], step: int, every: int) -> bool:
+  """Whether any process was asked to stop. One process decides at once; several agree at every
+  `every`-th step (one small collective there), so that all of them stop after the same step and
+  write the same checkpoint."""
+  if jax.process_count() == 1:
+    return bool(requests)
+  if step % every:
+    return False
+  return bool(np.any(multihost_utils.process_allgather(np.int32(len(requests) > 0))))
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str | Path, corpus: data_lib.Corpus | None = None
+) -> dict:
+  """Trains config in workdir, resuming from its latest checkpoint; returns the final metrics.
+
+  Writes workdir/metrics.jsonl (one JSON line per log and evaluation), workdir/loss.png,
+  workdir/samples.txt and orbax checkpoints under workdir/checkpoints.
+  """
+  validate_config(config)
+  workdir = Path(workdir).expanduser().resolve()
+  check_workdir(workdir, config)
+  corpus = corpus or data_lib.load_corpus(config.data)
+  if corpus.tokenizer.vocab_size > config.model.vocab_size:
+    raise ValueError(
+      f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's {corpus.tokenizer.vocab_size}"
+    )
+  train = config.train
+  run = setup_run(config, workdir, corpus)
+  log = MetricsLog(
+    workdir / "metrics.jsonl",
+    lead=jax.process_index() == 0,  # one process writes metrics, samples and plots
+    on_nonfinite=train.on_nonfinite,
+    tokens_per_step=train.batch_size * config.data.seq_len,
+    start=run.start,
+    checkpoints=run.checkpointer.directory,
+  )
+  evaluate_at = Evaluator(run, config, corpus, log)
+  counts = count_params(nnx.merge(run.graphdef, run.state["params"]))
+  mixers = tuple(config.model.mixers)
+  print(f"model: {counts['total']:,} parameters ({counts['wave_constants']} physical constants); mixers {mixers}")
+  if run.start:
+    print(f"resuming from step {run.start} in {workdir}")
+
+  with interrupt_requests() as interrupted, contextlib.closing(run.checkpointer):
+    with tqdm(total=train.steps, initial=run.start, desc="train", unit="step", dynamic_ncols=True) as bar:
+      for step in range(run.start + 1, train.steps + 1):  # `step`: the step the state reaches
+        run.state, metrics = run.train_step(run.state, run.next_batch())
+        log.add(step, metrics)
+        bar.update(1)
+        if step % train.log_every == 0 or step == train.steps:
+          loss, rate = log.log_progress(step)
+          bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
+        if step % train.eval_every == 0 and step != train.steps:
+          log.flush()
+          result = evaluate_at(step)
+          bar.write(f"step {step}: validation loss {result['loss']:.4f}, {result['bpb']:.4f} bits per byte")
+        stopping = stop_requested(interrupted, step, train.log_every) or step == train.stop_at
+        if step % train.checkpoint_every == 0 or step == train.steps or stopping:
+          log.flush()  # never save parameters that a non-finite step produced
+          run.save(step, force=stopping)
+        if stopping:
+          run.checkpointer.wait()
+          why = "interrupted" if interrupted else f"stopped at train.stop_at={train.stop_at}"
+          print(f"{why}: saved step {step} in {run.checkpointer.directory}; rerun the same command to resume")
+          return {"step": step, "interrupted": True}
+    run.checkpointer.wait()
+    final = int(run.state["step"])
+    result = evaluate_at(final, record=final > run.start)  # a finished run started again adds no second record
+    if log.lead:
+      plot_losses(log.path, workdir / "loss.png")
   return result | {"step": final}

@@ -17,8 +17,8 @@ from helpers import file_digests, read_losses, tiny_config, tiny_corpus
 
 from wavefield_jax import data, train_lib
 from wavefield_jax.checkpointing import Checkpointer, DamagedCheckpointError
-from wavefield_jax.train_lib import TrainingError, train_and_evaluate
-from wavefield_jax.workdir import load_trained
+from wavefield_jax.train_lib import train_and_evaluate
+from wavefield_jax.workdir import TrainingError, load_trained
 
 # Trains models, starts processes or compiles many shapes: left out of `make test-fast`.
 pytestmark = pytest.mark.slow

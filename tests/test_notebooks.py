@@ -35,7 +35,7 @@ def test_all_notebooks_are_tested():
 def test_wave_physics(monkeypatch):
   text = execute("01_wave_physics.ipynb", monkeypatch)
   errors = numbers_after("relative error against the field:", text)
-  assert len(errors) == 3 and max(errors) < 1e-4
+  assert len(errors) == 4 and max(errors) < 1e-4
   causal, leaky = numbers_after("largest gradient from the future / largest gradient:", text)
   assert causal < 1e-6 and leaky > 1e-3
 

@@ -219,7 +219,8 @@ def test_ctrl_c_on_one_process_stops_both_after_the_same_step_and_one_checkpoint
   processes = start_two_processes(tmp_path, config_file, str(tmp_path / "periodic.txt"), workdir)
   deadline = time.monotonic() + 240
   while not (workdir / "metrics.jsonl").exists() or not read_losses(workdir):  # both are in the loop
-    assert time.monotonic() < deadline and all(p.poll() is None for p in processes), "training never started"
+    ended = [p.communicate()[1][-2000:] for p in processes if p.poll() is not None]
+    assert time.monotonic() < deadline and not ended, f"training never started: {ended}"
     time.sleep(0.5)
   processes[1].send_signal(signal.SIGINT)  # only the second process is interrupted
   outputs = [p.communicate(timeout=300) for p in processes]

@@ -43,7 +43,8 @@ def _run(argv) -> None:
     jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
   from wavefield_jax.checkpointing import CheckpointError
   from wavefield_jax.data import DataError
-  from wavefield_jax.train_lib import TrainingError, train_and_evaluate
+  from wavefield_jax.train_lib import train_and_evaluate
+  from wavefield_jax.workdir import TrainingError
 
   try:
     result = train_and_evaluate(f.config, f.workdir)

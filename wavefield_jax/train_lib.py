@@ -341,13 +341,14 @@ def train_and_evaluate(
           log.flush()
           result = evaluate_at(step)
           bar.write(f"step {step}: validation loss {result['loss']:.4f}, {result['bpb']:.4f} bits per byte")
-        stopping = stop_requested(interrupted, step, train.log_every) or step == train.stop_at
+        interrupt = stop_requested(interrupted, step, train.log_every)  # on any process
+        stopping = interrupt or step == train.stop_at
         if step % train.checkpoint_every == 0 or step == train.steps or stopping:
           log.flush()  # never save parameters that a non-finite step produced
           run.save(step, force=stopping)
         if stopping:
           run.checkpointer.wait()
-          why = "interrupted" if interrupted else f"stopped at train.stop_at={train.stop_at}"
+          why = "interrupted" if interrupt else f"stopped at train.stop_at={train.stop_at}"
           print(f"{why}: saved step {step} in {run.checkpointer.directory}; rerun the same command to resume")
           return {"step": step, "interrupted": True}
     run.checkpointer.wait()

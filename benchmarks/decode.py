@@ -1,9 +1,11 @@
-"""Per-token decode latency and peak memory against context length: wave model vs same-size Transformer.
+"""Per-token decode latency and peak memory against context length: the wave model, the same-size
+Transformer, and the bounded-memory hybrid (wave layers with sliding-window attention, window 64).
 
 Each (model, context) runs in a fresh process. The cache is filled directly with random contents of
-the right size (the Transformer's KV cache holds `context` positions, its index set to `context`; the
-wave model's state is [B, H, K] complex per layer whatever the context), then one jitted decode step
-is timed: what every generated token costs once the context is that long.
+the right size (the Transformer's KV cache holds `context` positions; the local layers' cache holds the
+last 64 whatever the context; the wave model's state is [B, H, K] complex per layer; every index set to
+`context`), then one jitted decode step is timed: what every generated token costs once the context is
+that long.
 
   python -m benchmarks.decode [--contexts 1024,8192,65536] [--repeats 30]
 """
@@ -19,6 +21,12 @@ import numpy as np
 from benchmarks import common
 
 MODULE = "benchmarks.decode"
+MODELS = {
+  "wave": ("wave",) * 4,
+  "transformer": ("attention",) * 4,
+  "hybrid_local64": ("wave", "local", "wave", "local"),
+}
+COLOURS = {"wave": "tab:blue", "transformer": "tab:red", "hybrid_local64": "tab:green"}
 
 
 def measure(case: dict) -> dict:
@@ -28,15 +36,14 @@ def measure(case: dict) -> dict:
   from wavefield_jax.generate import make_decoder
   from wavefield_jax.model import WaveFieldLM
 
-  mixer = "wave" if case["model"] == "wave" else "attention"
-  config = model_config(mixers=(mixer,) * 4)
+  config = model_config(mixers=MODELS[case["model"]], window=64)
   model = WaveFieldLM(config, rngs=nnx.Rngs(0))
   context = case["context"]
   cache = model.init_cache(1, context + 1)
   rng = np.random.default_rng(0)
 
   def fill(leaf):
-    if leaf.ndim == 0:  # the KV cache's index: the context is full
+    if leaf.ndim == 0:  # an attention cache's index: the context is full
       return jnp.asarray(context, leaf.dtype)
     noise = rng.standard_normal(leaf.shape).astype(np.float32)
     return jnp.asarray(noise + 1j * noise if jnp.iscomplexobj(leaf) else noise, leaf.dtype)
@@ -72,7 +79,7 @@ def main() -> None:
   contexts = [int(c) for c in args.contexts.split(",")]
   rows = []
   for context in contexts:
-    for model in ("wave", "transformer"):
+    for model in MODELS:
       result = common.run_case(MODULE, {"model": model, "context": context, "repeats": args.repeats})
       print(result, flush=True)
       rows.append(result)
@@ -86,46 +93,29 @@ def write(rows: list[dict], contexts: list[int]) -> None:
   import matplotlib.pyplot as plt
 
   by = {(r["model"], r["context"]): r for r in rows}
+  get = lambda model, context, key: by[(model, context)].get(key, float("nan"))  # noqa: E731
   table_rows = []
   for context in contexts:
-    wave, transformer = by[("wave", context)], by[("transformer", context)]
-    speedup = transformer.get("latency_ms", float("nan")) / wave.get("latency_ms", float("nan"))
-    table_rows.append(
-      [
-        f"{context:,}",
-        f"{wave.get('latency_ms', float('nan')):.2f}",
-        f"{transformer.get('latency_ms', float('nan')):.2f}",
-        f"{speedup:.1f}x",
-        f"{wave.get('peak_rss_mib', float('nan')):.0f}",
-        f"{transformer.get('peak_rss_mib', float('nan')):.0f}",
-        f"{wave.get('cache_mib', float('nan')):.3f}",
-        f"{transformer.get('cache_mib', float('nan')):.1f}",
-      ]
-    )
-  first, last = by[("wave", contexts[0])], by[("wave", contexts[-1])]
-  flat = last["latency_ms"] / first["latency_ms"]
-  table = common.markdown_table(
-    [
-      "context",
-      "wave ms/token",
-      "transformer ms/token",
-      "transformer / wave",
-      "wave peak RSS MiB",
-      "transformer peak RSS MiB",
-      "wave cache MiB",
-      "transformer cache MiB",
-    ],
-    table_rows,
-  )
+    cells = [f"{context:,}"]
+    cells += [f"{get(m, context, 'latency_ms'):.2f}" for m in MODELS]
+    cells += [f"{get('transformer', context, 'latency_ms') / get('wave', context, 'latency_ms'):.1f}x"]
+    cells += [f"{get(m, context, 'peak_rss_mib'):.0f}" for m in MODELS]
+    cells += [f"{get(m, context, 'cache_mib'):.3f}" for m in MODELS]
+    table_rows.append(cells)
+  header = ["context"] + [f"{m} ms/token" for m in MODELS] + ["transformer / wave"]
+  header += [f"{m} peak RSS MiB" for m in MODELS] + [f"{m} cache MiB" for m in MODELS]
+  table = common.markdown_table(header, table_rows)
+  flat = {m: get(m, contexts[-1], "latency_ms") / get(m, contexts[0], "latency_ms") for m in MODELS}
   table += (
-    f"\n\nWave latency at {contexts[-1]:,} / at {contexts[0]:,}: {flat:.2f}x. "
-    f"Default model size (D={rows[0]['dim']}, {rows[0]['layers']} layers, {rows[0]['heads']} heads), batch 1, float32, "
-    "median of the timed steps; "
-    "caches filled directly (not by prefill)."
+    f"\n\nLatency at {contexts[-1]:,} / at {contexts[0]:,}: "
+    + ", ".join(f"{m} {v:.2f}x" for m, v in flat.items())
+    + f". Default model size (D={rows[0]['dim']}, {rows[0]['layers']} layers, {rows[0]['heads']} heads; the hybrid "
+    "alternates wave and local layers, window 64), batch 1, float32, median of the timed steps; caches filled "
+    "directly (not by prefill)."
   )
   common.write_results("decode", {"machine": common.machine(), "rows": rows}, table)
   fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(10, 4))
-  for model, colour in (("wave", "tab:blue"), ("transformer", "tab:red")):
+  for model, colour in COLOURS.items():
     xs = [c for c in contexts if "latency_ms" in by[(model, c)]]
     ax_time.plot(xs, [by[(model, c)]["latency_ms"] for c in xs], "o-", color=colour, label=model)
     ax_mem.plot(xs, [by[(model, c)]["peak_rss_mib"] for c in xs], "o-", color=colour, label=model)

@@ -129,3 +129,55 @@ def test_bad_mixer_config():
     make_mixer(0, conv_width=0)
   with pytest.raises(ValueError, match="method must be one of"):
     make_mixer(0, method="fast")
+
+
+def local_attention_f64(q, k, v, window):
+  """Softmax over the keys s with t - window < s <= t, written out per query in float64."""
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  out = np.zeros_like(v)
+  for t in range(q.shape[1]):
+    seen = slice(max(0, t - window + 1), t + 1)
+    scores = np.einsum("bhk,bshk->bhs", q[:, t], k[:, seen]) / np.sqrt(q.shape[-1])
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    out[:, t] = np.einsum("bhs,bshk->bhk", weights / weights.sum(-1, keepdims=True), v[:, seen])
+  return out
+
+
+@pytest.mark.parametrize("length, window", [(1, 4), (37, 8), (64, 16), (50, 64)])
+def test_local_attention_matches_the_windowed_softmax(rng, length, window):
+  q, k, v = (rng.standard_normal((2, length, 3, 4)).astype(np.float32) for _ in range(3))
+  got = layers.local_attention(q, k, v, window)
+  assert relative_error(got, local_attention_f64(q, k, v, window)) < 1e-5
+
+
+def make_local(seed: int, window: int = 8, dim: int = 32, heads: int = 4):
+  return layers.LocalAttention(dim, heads, window=window, rngs=nnx.Rngs(seed))
+
+
+def test_local_mixer_sees_exactly_its_window(rng):
+  mixer = make_local(int(rng.integers(1 << 30)), window=5, dim=16, heads=2)
+  x = rng.standard_normal((1, 24, 16)).astype(np.float32)
+  jacobian = np.abs(np.asarray(jax.jacrev(lambda v: mixer(v))(jnp.asarray(x))))[0, :, :, 0, :, :]  # [L, D, L, D]
+  reach = jacobian.max(axis=(1, 3))  # [t, s]
+  lag = np.arange(24)[:, None] - np.arange(24)[None, :]
+  assert reach[(lag < 0) | (lag >= 5)].max() == 0  # nothing from the future or from beyond the window
+  assert reach[(lag >= 0) & (lag < 5)].min() > 0
+
+
+def test_local_decode_and_prefill_equal_the_forward_beyond_the_window(rng):
+  mixer = make_local(int(rng.integers(1 << 30)), window=8)
+  x = rng.standard_normal((2, 30, 32)).astype(np.float32)  # nearly four windows
+  want = mixer(x)
+  stepped, _ = decode_token_by_token(mixer, x)
+  assert relative_error(stepped, want) < 1e-5
+  head, cache = mixer.prefill(x[:, :13], mixer.init_cache(2))
+  tail, cache = mixer.prefill(x[:, 13:], cache)
+  assert relative_error(jnp.concatenate([head, tail], axis=1), want) < 1e-5
+  assert int(cache["index"]) == 30
+
+
+def test_local_cache_does_not_grow_with_the_context():
+  mixer = make_local(0, window=16)
+  short, long = mixer.init_cache(1, 1024), mixer.init_cache(1, 65536)
+  assert jax.tree.map(jnp.shape, short) == jax.tree.map(jnp.shape, long)
+  assert short["k"].shape == (1, 16, 4, 8)

@@ -18,12 +18,13 @@ KINDS = {
   "wave": ("wave", "wave"),
   "transformer": ("attention", "attention"),
   "hybrid": ("wave", "attention"),
+  "hybrid_local": ("wave", "local"),  # sliding window of 8: the 40-token tests reach five windows back
 }
 
 
 def small_model(mixers, seed=0, **overrides):
   config = model_config(
-    vocab_size=61, dim=32, num_layers=len(mixers), num_heads=4, mixers=mixers, mlp_dim=64, max_len=64
+    vocab_size=61, dim=32, num_layers=len(mixers), num_heads=4, mixers=mixers, mlp_dim=64, max_len=64, window=8
   )
   config.update(overrides)
   return WaveFieldLM(config, rngs=nnx.Rngs(seed))

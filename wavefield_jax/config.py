@@ -8,7 +8,7 @@ import ml_collections
 
 from wavefield_jax.physics import METHODS as WAVE_METHODS
 
-MIXERS = ("wave", "attention")
+MIXERS = ("wave", "attention", "local")
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
 
@@ -21,7 +21,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     dim: model width D.
     num_layers: number of blocks.
     num_heads: heads per mixer; D / num_heads channels each.
-    mixers: one of "wave" / "attention" per layer; a mix is a hybrid.
+    mixers: one of "wave" / "attention" / "local" (sliding-window attention) per layer; a mix is a hybrid.
     mlp_dim: hidden width of the gated MLP.
     conv_width: width of the wave mixer's short causal conv.
     max_len: the training context; it sets the slowest initial damping (1 / max_len).
@@ -29,6 +29,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     wave_chunk_size: positions per chunk of the wave convolution; None for the method's default.
     dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
     attention_impl: None, "xla" or "cudnn" for jax.nn.dot_product_attention.
+    window: positions each "local" layer attends to, itself included (its decode cache holds as many).
   """
   config = ml_collections.ConfigDict(
     dict(
@@ -44,6 +45,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       wave_chunk_size=ml_collections.FieldReference(None, field_type=int),
       dtype="float32",
       attention_impl=ml_collections.FieldReference(None, field_type=str),
+      window=64,
     )
   )
   config.update(overrides)
@@ -64,7 +66,7 @@ def _require_number(name: str, value, minimum: float, strict: bool) -> None:
 
 def validate_model_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the key of the first invalid value."""
-  for key in ("vocab_size", "dim", "num_layers", "num_heads", "mlp_dim", "conv_width", "max_len"):
+  for key in ("vocab_size", "dim", "num_layers", "num_heads", "mlp_dim", "conv_width", "max_len", "window"):
     _require_int(f"model.{key}", config.get(key), 1)
   if config.dim % config.num_heads:
     raise ValueError(f"model.dim={config.dim} must be divisible by model.num_heads={config.num_heads}")
@@ -78,7 +80,7 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
   unknown = [m for m in mixers if m not in MIXERS]
   if unknown:
     raise ValueError(f"model.mixers has unknown mixer {unknown[0]!r}; choose from {MIXERS}")
-  if "attention" in mixers and (config.dim // config.num_heads) % 2:
+  if {"attention", "local"} & set(mixers) and (config.dim // config.num_heads) % 2:
     raise ValueError(
       f"model.dim / model.num_heads must be even for rotary attention; got {config.dim // config.num_heads}"
     )

@@ -261,6 +261,80 @@ class Attention(nnx.Module):
     return y[:, 0], cache
 
 
+def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, window: int, first_position: jax.Array | int = 0):
+  """Causal softmax attention over the last `window` positions, in blocks: O(S * window), not O(S^2).
+
+  Each block of `window` queries attends to the keys of its own block and of the block before it, masked
+  to the positions t - window < s <= t; keys at negative positions (an unfilled cache) are masked too.
+
+  Args:
+    q, k, v: [B, S, H, K] at the consecutive positions first_position, ..., first_position + S - 1.
+    window: W, how many positions each query sees, itself included.
+    first_position: the position of the first row (a traced integer in prefill).
+
+  Returns:
+    [B, S, H, K] in the dtype of v.
+  """
+  batch, length, heads, channels = q.shape
+  blocks = -(-length // window)  # N
+  pad = ((0, 0), (0, blocks * window - length), (0, 0), (0, 0))  # keys after the last query are never seen
+  q, k, v = (jnp.pad(a, pad).reshape(batch, blocks, window, heads, channels) for a in (q, k, v))  # [B, N, W, H, K]
+
+  def with_previous(a):  # [B, N, 2W, H, K]: block n - 1, then block n
+    return jnp.concatenate([jnp.pad(a, ((0, 0), (1, 0), (0, 0), (0, 0), (0, 0)))[:, :-1], a], axis=2)
+
+  keys, values = with_previous(k), with_previous(v)
+  scores = jnp.einsum("bnqhk,bnshk->bnhqs", q, keys, preferred_element_type=jnp.float32) / math.sqrt(channels)
+  block_start = first_position + window * jnp.arange(blocks)  # [N]
+  query_position = block_start[:, None] + jnp.arange(window)[None, :]  # [N, W]
+  key_position = block_start[:, None] - window + jnp.arange(2 * window)[None, :]  # [N, 2W]
+  lag = query_position[:, :, None] - key_position[:, None, :]  # [N, W, 2W]
+  visible = (lag >= 0) & (lag < window) & (key_position[:, None, :] >= 0)
+  # A finite fill keeps rows with no visible key (queries of an unfilled cache, discarded) free of NaNs.
+  weights = jax.nn.softmax(jnp.where(visible[None, :, None], scores, -1e30), axis=-1)  # [B, N, H, W, 2W]
+  out = jnp.einsum("bnhqs,bnshk->bnqhk", weights.astype(values.dtype), values)  # [B, N, W, H, K]
+  return out.reshape(batch, blocks * window, heads, channels)[:, :length]
+
+
+class LocalAttention(Attention):
+  """Causal softmax attention limited to the last `window` positions (sliding window), with the rotary
+  positions and gated output of `Attention`.
+
+  Training and prefill run `local_attention` in blocks, O(L * window) time and memory at any length. The
+  decode cache holds the last `window` keys and values (the newest last) and the next position: its size
+  does not depend on the context, so decoding runs in constant memory like the wave layers.
+  """
+
+  def __init__(self, dim: int, num_heads: int, *, window: int, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    if window < 1:
+      raise ValueError(f"window must be >= 1; got {window}")
+    super().__init__(dim, num_heads, dtype=dtype, rngs=rngs)
+    self.window = window
+
+  def init_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
+    """The last `window` keys and values; `max_len` does not change its size."""
+    del max_len
+    shape = (batch_size, self.window, self.num_heads, self.dim // self.num_heads)
+    return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype), "index": jnp.zeros((), jnp.int32)}
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, L, D] -> [B, L, D], causal over x alone."""
+    q, k, v, gate = self._project(x, 0)
+    z = local_attention(q, k, v, self.window)
+    return self.output(z.reshape(gate.shape), gate)
+
+  def prefill(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+    """x [B, L, D] at positions index, ..., index + L - 1, after the `window` cached positions before it."""
+    index = cache["index"]
+    q, k, v, gate = self._project(x, index)
+    keys = jnp.concatenate([cache["k"], k.astype(cache["k"].dtype)], axis=1)  # [B, W + L, H, K]
+    values = jnp.concatenate([cache["v"], v.astype(cache["v"].dtype)], axis=1)
+    queries = jnp.concatenate([jnp.zeros_like(cache["k"]), q.astype(cache["k"].dtype)], axis=1)  # cache rows unused
+    z = local_attention(queries, keys, values, self.window, index - self.window)[:, self.window :]
+    new_cache = {"k": keys[:, -self.window :], "v": values[:, -self.window :], "index": index + x.shape[1]}
+    return self.output(z.reshape(gate.shape).astype(gate.dtype), gate), new_cache
+
+
 class MLP(nnx.Module):
   """Gated SiLU feed-forward: down(silu(gate(x)) * up(x))."""
 

@@ -38,6 +38,8 @@ class WaveFieldLM(nnx.Module):
           mesh=mesh,
           rngs=rngs,
         )
+      elif kind == "local":
+        mixer = layers.LocalAttention(config.dim, config.num_heads, window=config.window, dtype=dtype, rngs=rngs)
       else:
         mixer = layers.Attention(
           config.dim, config.num_heads, implementation=config.attention_impl, dtype=dtype, rngs=rngs

@@ -31,8 +31,10 @@ class TrainingError(RuntimeError):
 
 def config_record(config: ml_collections.ConfigDict) -> dict:
   """What a checkpoint depends on: the model, the tokenizer and the window length. How the wave
-  convolution is computed is not part of it: every method gives the same model."""
-  model = {k: v for k, v in config.model.to_dict().items() if k not in ("wave_method", "wave_chunk_size")}
+  convolution is computed is not part of it (every method gives the same model), nor is the local
+  attention window of a model without local layers."""
+  unused = {"wave_method", "wave_chunk_size"} | ({"window"} if "local" not in config.model.mixers else set())
+  model = {k: v for k, v in config.model.to_dict().items() if k not in unused}
   return {"model": model, "tokenizer": config.data.tokenizer, "seq_len": config.data.seq_len}
 
 

@@ -20,12 +20,13 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m ruff format --check .
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python -m pytest -n 2 --durations=15
 
-# The edit-test loop (under 2 minutes): everything but the tests marked slow (training, processes, 64k).
+# The edit-test loop (under 2 minutes): everything but the tests marked slow (training, processes, 64k,
+# meshes, whole-model training steps). Both use two pytest-xdist workers: most tests wait on one-core compiles.
 test-fast: $(STAMP)
 	$(BIN)/python -m ruff check .
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 -m "not slow"
 
 # The CPU benchmark set (about 40 minutes on 2 cores); quality, recall and the soak train models and take
 # longer: run them by hand (`python -m benchmarks.quality`, `.recall`, `.soak`).

@@ -8,7 +8,8 @@ At L = 32k (B=1, D=512, 8 heads, float32, median of 5):
 - the matmul method (T = 32, its default) beside one memory pass over u (u * 2), then its pieces: the in-chunk Toeplitz
   matmul (with the layout copies XLA puts around it), the chunk end states, the grouped scan of the states
   entering each chunk, and their read-out, forward and forward + backward;
-at L = 8k the wave mixer's forward against its projections alone (in: D -> 4D, out: D -> D).
+at L = 8k the wave mixer's forward against its projections alone (in: D -> 4D, out: D -> D); and the wave
+convolution's forward + backward by each method at the default model's shape (4 heads of 32, 8192 tokens).
 
   python -m benchmarks.profile_conv
 """
@@ -106,6 +107,14 @@ def main() -> None:
     ["L=8,192", "wave mixer forward", f"{median_ms(jax.jit(lambda x: nnx.merge(graphdef, state)(x)), x):,.1f}"]
   )
   rows.append(["L=8,192", "its projections alone", f"{median_ms(jax.jit(projections), x):,.1f}"])
+  # The convolution at the default model's shape (D=128: 4 heads of 32), a train step's 8192 tokens.
+  u_small = jnp.asarray(rng.standard_normal((1, 8192, 4, 32)), jnp.float32)
+  c4, g4, p4 = layers.initial_constants(4, 8192, jax.random.key(0))
+  for method in ("fft", "matmul"):
+    loss = lambda u, c, g, p, m=method: jnp.sum(physics.wave_conv(u, c, g, p, method=m))  # noqa: E731
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+    ms = median_ms(lambda u, grad=grad: grad(u, c4, g4, p4), u_small)
+    rows.append(["B=1, L=8,192, H=4, K=32", f"default model's wave conv forward + backward, {method}", f"{ms:,.1f}"])
   table = common.markdown_table(["shape", "what", "median ms"], rows)
   common.write_results("profile_conv", {"machine": common.machine(), "rows": rows}, table)
 

@@ -21,7 +21,8 @@ hypothesis.settings.load_profile("wavefield")
 
 
 # One seed per session, printed in the header: TEST_SEED=N replays every test's random inputs.
-SESSION_SEED = int(os.environ.get("TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+# Set in the environment here, so that pytest-xdist's workers, started after this, share the seed.
+SESSION_SEED = int(os.environ.setdefault("TEST_SEED", str(np.random.SeedSequence().entropy % 2**32)))
 
 
 def pytest_report_header(config) -> str:

@@ -17,6 +17,7 @@ def model():
   return WaveFieldLM(config, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_generate_is_reproducible_and_has_the_requested_length(rng, model):
   prompt = jnp.asarray(rng.integers(0, 50, (3, 7)))
   first = generate(model, prompt, 12, rng=jax.random.key(5))
@@ -29,6 +30,7 @@ def test_generate_is_reproducible_and_has_the_requested_length(rng, model):
   assert generate(model, prompt, 0, rng=jax.random.key(0)).shape == (3, 7)
 
 
+@pytest.mark.slow
 def test_greedy_generation_follows_the_parallel_argmax(rng, model):
   prompt = jnp.asarray(rng.integers(0, 50, (2, 5)))
   tokens = generate(model, prompt, 8, temperature=0.0, rng=jax.random.key(0))

@@ -104,6 +104,7 @@ def test_short_conv_matches_a_direct_sum(rng):
   np.testing.assert_allclose(layers.causal_depthwise_conv(x, kernel), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradients_reach_the_physical_constants(rng):
   mixer = make_mixer(2)
   x = rng.standard_normal((2, 64, 32)).astype(np.float32)

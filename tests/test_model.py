@@ -60,6 +60,7 @@ def test_decoding_equals_parallel_forward(rng, kind):
   assert relative_error(jnp.concatenate([prompt_logits, jnp.stack(rest, axis=1)], axis=1), want) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_jitted_loss_is_finite_and_trains(rng, kind, dtype):

@@ -22,6 +22,7 @@ def test_the_readme_has_library_and_trained_run_snippets():
   assert len(SNIPPETS) == 4 and TRAINED == [2, 3]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", [0, 1])
 def test_library_snippets_run_as_written(index):
   run(index)

@@ -17,6 +17,7 @@ def test_eight_devices():
   assert jax.device_count() == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fft", "matmul"])
 @pytest.mark.parametrize("data, seq", [(2, 4), (1, 8), (8, 1)])
 def test_sequence_parallel_conv_equals_single_device(rng, data, seq, method):
@@ -73,6 +74,7 @@ def gradients(mesh, batch):
   return jax.jit(jax.grad(lambda params: token_losses(graphdef, params, batch).mean()))(state["params"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data, seq, fsdp", [(8, 1, False), (2, 4, False), (8, 1, True)])
 def test_sharded_train_step_equals_one_device(rng, data, seq, fsdp):
   batch = jnp.asarray(rng.integers(0, 256, (8, 65)), jnp.int32)
@@ -92,6 +94,7 @@ def test_sharded_train_step_equals_one_device(rng, data, seq, fsdp):
   chex.assert_trees_all_close(jax.device_get(got_params), jax.device_get(want_params), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_data_parallel_step_has_no_all_gather(rng):
   batch = jnp.asarray(rng.integers(0, 256, (8, 65)), jnp.int32)
   mesh = sharding.make_mesh(8, 1)

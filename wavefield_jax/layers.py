@@ -334,6 +334,17 @@ class LocalAttention(Attention):
     new_cache = {"k": keys[:, -self.window :], "v": values[:, -self.window :], "index": index + x.shape[1]}
     return self.output(z.reshape(gate.shape).astype(gate.dtype), gate), new_cache
 
+  def step(self, x_t: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+    """One token [B, D]: one query against the last `window` positions, O(window) whatever the context."""
+    index = cache["index"]
+    q, k, v, gate = self._project(x_t[:, None], index)  # [B, 1, H, K]
+    keys = jnp.concatenate([cache["k"][:, 1:], k.astype(cache["k"].dtype)], axis=1)  # [B, W, H, K]: index-W+1..index
+    values = jnp.concatenate([cache["v"][:, 1:], v.astype(cache["v"].dtype)], axis=1)
+    visible = index - self.window + 1 + jnp.arange(self.window) >= 0  # [W]: positions before 0 are empty
+    z = jax.nn.dot_product_attention(q, keys, values, mask=visible[None, None, None, :])  # [B, 1, H, K]
+    y = self.output(z.reshape(gate.shape).astype(gate.dtype), gate)[:, 0]
+    return y, {"k": keys, "v": values, "index": index + 1}
+
 
 class MLP(nnx.Module):
   """Gated SiLU feed-forward: down(silu(gate(x)) * up(x))."""

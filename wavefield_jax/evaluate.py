@@ -10,7 +10,6 @@ context, as in validation during training).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 
@@ -41,26 +40,18 @@ def score_files(workdir: str | Path, paths: list[str], step: int | None = None, 
 
 
 def main() -> None:
-  """The `wavefield-evaluate` command; its flags exist only once it runs."""
-  from absl import app, flags, logging
+  """The `wavefield-evaluate` command."""
+  from absl import flags
 
-  flags.DEFINE_string("workdir", None, "A training workdir (holds config.json and checkpoints/).", required=True)
+  from wavefield_jax import cli
+
+  cli.define_workdir_flags("load")
   flags.DEFINE_multi_string("text", None, "A text file to score; repeat for several.", required=True)
   flags.DEFINE_bool("json", False, "Print one JSON object with every result instead of lines.")
-  flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
   flags.DEFINE_integer("batch_size", 8, "Windows per evaluation batch.")
 
-  def run(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
-    from wavefield_jax.checkpointing import CheckpointError
-    from wavefield_jax.data import DataError
-
-    f = flags.FLAGS
-    try:
-      scores = score_files(f.workdir, f.text, f.step, f.batch_size)
-    except (CheckpointError, DataError) as error:
-      sys.exit(f"error: {error}")
+  def body(f) -> None:
+    scores = score_files(f.workdir, f.text, f.step, f.batch_size)
     if f.json:
       print(json.dumps(scores, indent=1))
       return
@@ -68,7 +59,7 @@ def main() -> None:
       counts = f"{r['tokens']:,} tokens, {r['bytes']:,} bytes, step {scores['step']}"
       print(f"{r['path']}: {r['loss']:.4f} nats/token, {r['bpb']:.4f} bits/byte ({counts})")
 
-  app.run(run)
+  cli.run(body)
 
 
 if __name__ == "__main__":

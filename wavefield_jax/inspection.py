@@ -11,7 +11,6 @@ the shipped corpus.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 TABLE_COLUMNS = ("layer", "head", "speed", "speed_init", "damping", "damping_init", "decay_length", "period", "phase")
@@ -121,33 +120,24 @@ def _flow_reach(flow) -> float:
 
 
 def main() -> None:
-  """The `wavefield-inspect` command; its flags exist only once it runs."""
-  from absl import app, flags, logging
+  """The `wavefield-inspect` command."""
+  from absl import flags
 
-  flags.DEFINE_string("workdir", None, "A training workdir (holds config.json and checkpoints/).", required=True)
-  flags.DEFINE_integer("step", None, "Checkpoint step to inspect (default: the latest).")
+  from wavefield_jax import analysis, cli
+
+  cli.define_workdir_flags("inspect")
   flags.DEFINE_string("out", None, "Where to write the report (default: WORKDIR/inspect).")
   flags.DEFINE_string("text", None, "Text to measure flow and gradients on (default: validation split).")
   flags.DEFINE_integer("length", 96, "Tokens in the information-flow map and the field pictures.")
   flags.DEFINE_integer("windows", 16, "Windows of the training length for the loss gradients.")
 
-  def run(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
-    from wavefield_jax import analysis
-    from wavefield_jax.checkpointing import CheckpointError
-    from wavefield_jax.data import DataError
-
-    f = flags.FLAGS
-    try:
-      result = inspect_workdir(f.workdir, f.out, f.step, f.text, f.length, f.windows)
-    except (CheckpointError, DataError, ValueError, OSError) as error:
-      sys.exit(f"error: {error}")
+  def body(f) -> None:
+    result = inspect_workdir(f.workdir, f.out, f.step, f.text, f.length, f.windows)
     print(f"step {result['step']}: physical constants per head\n")
     print(analysis.markdown_table(result["constants"], TABLE_COLUMNS))
     print("\nwrote " + ", ".join(result["files"]))
 
-  app.run(run)
+  cli.run(body, errors=(OSError,))
 
 
 if __name__ == "__main__":

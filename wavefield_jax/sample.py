@@ -9,7 +9,6 @@ recurrence (O(1) per token for wave layers, whatever the length of the prompt).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 
@@ -59,10 +58,12 @@ def sample_text(
 
 
 def main() -> None:
-  """The `wavefield-sample` command; its flags exist only once it runs."""
-  from absl import app, flags, logging
+  """The `wavefield-sample` command."""
+  from absl import flags
 
-  flags.DEFINE_string("workdir", None, "A training workdir (holds config.json and checkpoints/).", required=True)
+  from wavefield_jax import cli
+
+  cli.define_workdir_flags("load")
   flags.DEFINE_string("prompt", "\n", "Text to continue.")
   flags.DEFINE_integer("max_new_tokens", 300, "Tokens to sample after the prompt.")
   flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 is greedy.")
@@ -70,34 +71,15 @@ def main() -> None:
   flags.DEFINE_float("top_p", None, "Sample from the smallest set of tokens whose probability reaches p.")
   flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives the same text.")
   flags.DEFINE_integer("num_samples", 1, "Independent samples of the same prompt.")
-  flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
 
-  def run(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
-    from wavefield_jax.checkpointing import CheckpointError
-    from wavefield_jax.data import DataError
-
-    f = flags.FLAGS
-    try:
-      texts, step = sample_text(
-        f.workdir,
-        f.prompt,
-        f.max_new_tokens,
-        temperature=f.temperature,
-        top_k=f.top_k,
-        top_p=f.top_p,
-        seed=f.seed,
-        num_samples=f.num_samples,
-        step=f.step,
-      )
-    except (CheckpointError, DataError, ValueError) as error:
-      sys.exit(f"error: {error}")
+  def body(f) -> None:
+    options = dict(temperature=f.temperature, top_k=f.top_k, top_p=f.top_p, seed=f.seed)
+    texts, step = sample_text(f.workdir, f.prompt, f.max_new_tokens, **options, num_samples=f.num_samples, step=f.step)
     for i, text in enumerate(texts):
       print(f"--- sample {i + 1} of {len(texts)} (step {step}, seed {f.seed}) ---")
       print(text)
 
-  app.run(run)
+  cli.run(body)
 
 
 if __name__ == "__main__":

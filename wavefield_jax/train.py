@@ -8,13 +8,14 @@ Rerunning with the same --workdir resumes from its latest checkpoint; Ctrl-C sav
 
 from __future__ import annotations
 
-import sys
-
 
 def main() -> None:
-  """The `wavefield-train` command; its flags exist only once it runs."""
-  from absl import app, flags
+  """The `wavefield-train` command."""
+  from absl import flags
   from ml_collections import config_flags
+
+  from wavefield_jax import cli
+  from wavefield_jax.workdir import TrainingError
 
   config_flags.DEFINE_config_file("config", "configs/default.py", "Path to a config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.", required=True)
@@ -22,34 +23,19 @@ def main() -> None:
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (default: from the cluster).")
   flags.DEFINE_integer("num_processes", None, "Processes in the run (default: from the cluster).")
   flags.DEFINE_integer("process_id", None, "This process's index (default: from the cluster).")
-  app.run(_run)
+  cli.run(_train, errors=(TrainingError,))
 
 
-def _run(argv) -> None:
-  del argv
-  from absl import flags, logging
-
-  f = flags.FLAGS
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+def _train(f) -> None:
   if f.multihost:
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes need it; GPUs/TPUs ignore it
-    given = {
-      "coordinator_address": f.coordinator_address,
-      "num_processes": f.num_processes,
-      "process_id": f.process_id,
-    }
+    given = {"coordinator_address": f.coordinator_address, "num_processes": f.num_processes, "process_id": f.process_id}
     jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
-  from wavefield_jax.checkpointing import CheckpointError
-  from wavefield_jax.data import DataError
   from wavefield_jax.train_lib import train_and_evaluate
-  from wavefield_jax.workdir import TrainingError
 
-  try:
-    result = train_and_evaluate(f.config, f.workdir)
-  except (CheckpointError, DataError, TrainingError, ValueError) as error:
-    sys.exit(f"error: {error}")
+  result = train_and_evaluate(f.config, f.workdir)
   if result.get("interrupted"):
     return
   print(f"\nvalidation: {result['loss']:.4f} nats per token, {result['bpb']:.4f} bits per byte (step {result['step']})")

@@ -117,8 +117,7 @@ class WaveFieldMixer(nnx.Module):
       raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
     if conv_width < 1:
       raise ValueError(f"conv_width must be >= 1; got {conv_width}")
-    if method not in physics.METHODS:
-      raise ValueError(f"method must be one of {physics.METHODS}; got {method!r}")
+    physics.check_method(method, chunk_size, max_len)  # a bad method or chunk size fails here, named
     self.dim, self.num_heads, self.conv_width, self.dtype = dim, num_heads, conv_width, dtype
     self.method, self.chunk_size = method, chunk_size
     self.mesh = mesh

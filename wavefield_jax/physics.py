@@ -225,7 +225,7 @@ METHODS = ("auto", "fft", "matmul")
 MATMUL_CHUNK = 32
 
 
-def _check_method(method: str, chunk_size: int | None, length: int) -> tuple[str, int]:
+def check_method(method: str, chunk_size: int | None, length: int) -> tuple[str, int]:
   """The concrete method and chunk length T (1 <= T <= L) for a call; names the bad argument."""
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}; got {method!r}")
@@ -234,8 +234,8 @@ def _check_method(method: str, chunk_size: int | None, length: int) -> tuple[str
   ):
     raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
   if method == "auto":
-    # The matmul form at every length and on every backend. On a 2-core CPU it took 0.2-0.4x the FFT
-    # method's forward time and about half its forward + backward time from 1k to 64k positions
+    # The matmul form at every length and on every backend. On a 2-core CPU it took 0.13-0.32x the FFT
+    # method's forward time and 0.35-0.67x its forward + backward time from 1k to 64k positions
     # (benchmarks/scaling; below one chunk it is a single L x L product); GPU tensor cores and TPU matrix
     # units run matmuls at many times the rate of FFTs. benchmarks/gpu.sh times both methods on a card.
     method = "matmul"
@@ -261,7 +261,7 @@ def wave_conv(
     "matmul": inside chunks of T = `chunk_size` (default 32) positions, one T x T lower-triangular Toeplitz
       matrix per head applied by a batched matmul; across chunks the complex state, carried by a short
       scan over L / T chunks (Mamba-2's SSD structure). No FFT and no transpose of u in the program.
-    "auto": "matmul", at every length and on every backend (`_check_method` says why).
+    "auto": "matmul", at every length and on every backend (`check_method` says why).
 
   Args:
     u: [B, L, H, K] sources (float32 or bfloat16; the arithmetic runs in float32, float64 under x64).
@@ -275,7 +275,7 @@ def wave_conv(
   speed, damping, phase = _check_constants(speed, damping, phase, u)
   _check_sources(u, speed.shape[0])
   length = u.shape[1]
-  method, chunk_size = _check_method(method, chunk_size, length)
+  method, chunk_size = check_method(method, chunk_size, length)
   if method == "matmul" or chunk_size < length:
     y, _ = wave_conv_chunked(u, speed, damping, phase, chunk_size, method=method)
     return y
@@ -294,9 +294,7 @@ def wave_state(u: jax.Array, speed: jax.Array, damping: jax.Array) -> jax.Array:
   Returns:
     [B, H, K] complex64: s = sum_s lambda**(L - 1 - s) u[:, s].
   """
-  length = u.shape[1]
-  reversed_powers = _powers(speed, damping, length)[:, ::-1]  # [H, L]: lambda**(L-1-s)
-  return jnp.einsum("hl,blhk->bhk", reversed_powers, u.astype(reversed_powers.dtype))
+  return _chunk_states(u.astype(speed.dtype)[:, None], speed, damping)[:, 0]  # all of u as one chunk
 
 
 def _response(speed: jax.Array, damping: jax.Array, phase: jax.Array, length: int) -> jax.Array:
@@ -463,7 +461,7 @@ def wave_conv_chunked(
   speed, damping, phase = _check_constants(speed, damping, phase, u)
   _check_sources(u, speed.shape[0])
   batch, length, heads, channels = u.shape
-  method, chunk_size = _check_method(method, chunk_size, length)
+  method, chunk_size = check_method(method, chunk_size, length)
   num_chunks = -(-length // chunk_size)
   padded = num_chunks * chunk_size
   # Zeros appended after the end change nothing before them: the convolution is causal.

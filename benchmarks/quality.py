@@ -9,12 +9,16 @@ finished runs are not redone. Validation (Julius Caesar, Twelfth Night) and test
 are scored in full at the end. Results: benchmarks/results/quality_<size>_<steps>.{json,md,png}.
 
   python -m benchmarks.quality [--size default] [--steps 2000] [--seeds 0,1] [--models wave,transformer,hybrid]
+
+Models: wave, transformer, hybrid (global attention), hybrid_local<W> (sliding-window attention of W
+positions: bounded decode memory), each with an optional _h<H> for H heads per layer (e.g. wave_h16).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -27,9 +31,17 @@ from wavefield_jax.workdir import read_metrics
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "benchmarks" / "runs" / "quality"
 CONFIGS = {
-  "default": {"wave": "configs/default.py", "transformer": "configs/transformer.py", "hybrid": "configs/hybrid.py"},
-  "small": {model: f"configs/small.py:{model}" for model in ("wave", "transformer", "hybrid")},
+  "default": {
+    "wave": "configs/default.py",
+    "transformer": "configs/transformer.py",
+    "hybrid": "configs/hybrid.py",
+    "hybrid_local": "configs/hybrid_local.py",
+  },
+  "small": {kind: f"configs/small.py:{kind}" for kind in ("wave", "transformer", "hybrid", "hybrid_local")},
 }
+# A model name is a config kind, the local window after `hybrid_local` and a head count after `_h`:
+# wave, hybrid, hybrid_local32, wave_h16, hybrid_local64_h16.
+MODEL_NAME = re.compile(r"(?P<kind>wave|transformer|hybrid_local(?=\d)|hybrid)(?P<window>\d+)?(?:_h(?P<heads>\d+))?")
 SIZE_NOTES = {"default": "D=128, 4 layers, 0.96M parameters", "small": "D=64, 2 layers"}
 
 
@@ -39,13 +51,26 @@ def run_dir(size: str, model: str, seed: int, steps: int) -> Path:
   return RUNS / size / f"{steps}_steps" / f"{model}_s{seed}"
 
 
+def config_flags(size: str, model: str) -> list[str]:
+  """The train.py flags that build `model` at `size`: its config file and overrides."""
+  match = MODEL_NAME.fullmatch(model)
+  if match is None or (match["kind"] == "hybrid_local") != (match["window"] is not None):
+    raise ValueError(f"unknown model {model!r}: wave, transformer, hybrid or hybrid_local<window>, then optional _h<heads>")
+  flags = [f"--config={CONFIGS[size][match['kind']]}"]
+  if match["window"]:
+    flags.append(f"--config.model.window={match['window']}")
+  if match["heads"]:
+    flags.append(f"--config.model.num_heads={match['heads']}")
+  return flags
+
+
 def train(size: str, model: str, seed: int, steps: int) -> float:
   """Trains (or finishes) one run; returns the wall-clock seconds this call spent."""
   workdir = run_dir(size, model, seed, steps)
   command = [
     sys.executable,
     "train.py",
-    f"--config={CONFIGS[size][model]}",
+    *config_flags(size, model),
     f"--workdir={workdir}",
     f"--config.seed={seed}",
     f"--config.train.steps={steps}",
@@ -94,12 +119,16 @@ def main() -> None:
   models = args.models.split(",")
   timing_path = RUNS / args.size / f"{args.steps}_steps" / "wall_clock.json"
   timing_path.parent.mkdir(parents=True, exist_ok=True)
-  wall = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+  for model in models:  # every name checked before hours of training
+    config_flags(args.size, model)
   for seed in seeds:
     for model in models:
-      key = f"{model}_s{seed}"
-      wall[key] = wall.get(key, 0.0) + train(args.size, model, seed, args.steps)
+      seconds = train(args.size, model, seed, args.steps)
+      # Read just before writing: one process per seed may share the file.
+      wall = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+      wall[f"{model}_s{seed}"] = wall.get(f"{model}_s{seed}", 0.0) + seconds
       timing_path.write_text(json.dumps(wall, indent=1))
+  wall = json.loads(timing_path.read_text())
   results = {
     f"{m}_s{s}": score(args.size, m, s, args.steps)
     | {"wall_s": wall[f"{m}_s{s}"], "curve": curves(args.size, m, s, args.steps)}
@@ -160,11 +189,10 @@ def write(results: dict, models: list[str], seeds: list[int], steps: int, size: 
   name = f"quality_{size}_{steps}"
   common.write_results(name, payload, table)
   fig, ax = plt.subplots(figsize=(7, 4.2))
-  colours = {"wave": "tab:blue", "transformer": "tab:red", "hybrid": "tab:purple"}
-  for model in models:
+  for colour, model in enumerate(models):
     for i, seed in enumerate(seeds):
       xs, ys = zip(*results[f"{model}_s{seed}"]["curve"], strict=True)
-      ax.plot(xs, ys, "o-", color=colours.get(model), alpha=0.8, label=model if i == 0 else None, markersize=3)
+      ax.plot(xs, ys, "o-", color=f"C{colour}", alpha=0.8, label=model if i == 0 else None, markersize=3)
   ax.set_xlabel("step")
   ax.set_ylabel("validation bits per byte")
   ax.grid(alpha=0.3)

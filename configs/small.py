@@ -2,14 +2,18 @@
 
   python train.py --config=configs/small.py:transformer --workdir runs/small_transformer
 
-The argument picks the mixers: wave (default), transformer, or hybrid (wave below, attention on top).
+The argument picks the mixers: wave (default), transformer, hybrid (wave below, global attention on top)
+or hybrid_local (wave below, sliding-window attention on top: decoding in bounded memory).
 """
 
 import ml_collections
 
 from wavefield_jax.config import base_config
 
-MIXERS = {"wave": ("wave", "wave"), "transformer": ("attention", "attention"), "hybrid": ("wave", "attention")}
+MIXERS = {
+  "wave": ("wave", "wave"), "transformer": ("attention", "attention"), "hybrid": ("wave", "attention"),
+  "hybrid_local": ("wave", "local"),
+}
 
 
 def get_config(kind: str = "wave") -> ml_collections.ConfigDict:

@@ -136,9 +136,18 @@ def test_constant_gradients_equal_autodiff_in_the_physical_values_and_finite_dif
   def central(h: float) -> float:
     return (shifted_loss(h) - shifted_loss(-h)) / (2 * h)
 
+  def richardson(h: float) -> float:
+    return (4 * central(h / 2) - central(h)) / 3
+
+  # A random tiny model can pass a residual close to zero into an RMSNorm, which makes the loss sharply
+  # curved in one constant: shrink the step until two Richardson estimates agree before comparing.
   h = 0.05 * abs(float(physical[layer][index][row["head"]]))
-  finite_difference = (4 * central(h / 2) - central(h)) / 3
-  assert row[f"d_{name}"] == pytest.approx(finite_difference, rel=0.02), (row, name)
+  coarse, fine = richardson(h), richardson(h / 4)
+  while abs(coarse - fine) > 0.005 * abs(fine) and h > 1e-3:
+    h /= 4
+    coarse, fine = fine, richardson(h / 4)
+  assert abs(coarse - fine) <= 0.005 * abs(fine), f"finite differences did not converge: {coarse} vs {fine}"
+  assert row[f"d_{name}"] == pytest.approx(fine, rel=0.02), (row, name)
 
 
 def test_inspect_writes_the_report_of_a_trained_workdir(tmp_path, rng):

@@ -55,7 +55,7 @@ def config_flags(size: str, model: str) -> list[str]:
   """The train.py flags that build `model` at `size`: its config file and overrides."""
   match = MODEL_NAME.fullmatch(model)
   if match is None or (match["kind"] == "hybrid_local") != (match["window"] is not None):
-    raise ValueError(f"unknown model {model!r}: wave, transformer, hybrid or hybrid_local<window>, then optional _h<heads>")
+    raise ValueError(f"unknown model {model!r}: wave, transformer, hybrid or hybrid_local<W>, then optional _h<H>")
   flags = [f"--config={CONFIGS[size][match['kind']]}"]
   if match["window"]:
     flags.append(f"--config.model.window={match['window']}")

@@ -11,7 +11,9 @@ import ml_collections
 from wavefield_jax.config import base_config
 
 MIXERS = {
-  "wave": ("wave", "wave"), "transformer": ("attention", "attention"), "hybrid": ("wave", "attention"),
+  "wave": ("wave", "wave"),
+  "transformer": ("attention", "attention"),
+  "hybrid": ("wave", "attention"),
   "hybrid_local": ("wave", "local"),
 }
 

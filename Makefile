@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@# The GPU machine has no network and no ml_collections: benchmarks/gpu.sh installs it from this wheel.
+	$(BIN)/python -m pip download --quiet --no-deps --dest benchmarks/wheels \
+	  "ml_collections==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("ml_collections"))')"
 	touch $(STAMP)
 
 train: $(STAMP)

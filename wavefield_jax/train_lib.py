@@ -13,7 +13,7 @@ import math
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,6 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from wavefield_jax import data as data_lib
 from wavefield_jax import sharding
 from wavefield_jax.checkpointing import Checkpointer
 from wavefield_jax.config import validate_config
@@ -32,6 +31,9 @@ from wavefield_jax.generate import generate
 from wavefield_jax.layers import WaveParam
 from wavefield_jax.model import WaveFieldLM, count_params
 from wavefield_jax.workdir import MetricsLog, State, check_free_space, check_workdir, plot_losses
+
+if TYPE_CHECKING:
+  from wavefield_jax import data as data_lib
 
 
 def build_model(config: ml_collections.ConfigDict, seed: int, mesh=None) -> tuple[nnx.GraphDef, dict, WaveFieldLM]:
@@ -197,6 +199,8 @@ class Run:
 def setup_run(config: ml_collections.ConfigDict, workdir: Path, corpus: data_lib.Corpus) -> Run:
   """The mesh over every device (data, and optionally sequence, parallel), the train state sharded over
   it, the jitted step, and the latest checkpoint with its data position restored into both."""
+  from wavefield_jax import data as data_lib  # grain and TFDS load with a run's data, not with the step
+
   train = config.train
   mesh = None
   if jax.device_count() > 1:
@@ -243,6 +247,8 @@ class Evaluator:
   recorded (metrics.jsonl, samples.txt) unless `record=False`."""
 
   def __init__(self, run: Run, config: ml_collections.ConfigDict, corpus: data_lib.Corpus, log: MetricsLog):
+    from wavefield_jax import data as data_lib
+
     self.run, self.train, self.corpus, self.log = run, config.train, corpus, log
     self.eval_step = make_eval_step(run.graphdef)
     self.windows, self.weights = data_lib.eval_windows(
@@ -303,6 +309,8 @@ def train_and_evaluate(
   Writes workdir/metrics.jsonl (one JSON line per log and evaluation), workdir/loss.png,
   workdir/samples.txt and orbax checkpoints under workdir/checkpoints.
   """
+  from wavefield_jax import data as data_lib
+
   validate_config(config)
   workdir = Path(workdir).expanduser().resolve()
   check_workdir(workdir, config)

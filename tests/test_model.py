@@ -111,25 +111,36 @@ def test_shipped_configs_are_valid(path):
   validate_config(load_config(path.stem))
 
 
+KINDS = ("wave", "transformer", "hybrid", "hybrid_local")
+
+
 @pytest.mark.parametrize(
-  "trio",
-  [("default", "transformer", "hybrid"), ("small:wave", "small:transformer", "small:hybrid")],
-  ids=["default", "small"],
+  "entries",
+  [
+    ("default", "transformer", "hybrid", "hybrid_local"),
+    tuple(f"small:{kind}" for kind in KINDS),
+    tuple(f"wikitext103_125m:{kind}" for kind in KINDS),
+  ],
+  ids=["default", "small", "125m"],
 )
-def test_quality_trios_have_equal_size(trio):
-  """The quality benchmark compares these three per size: same width and depth, parameters within 2%."""
-  configs = [load_config(*entry.split(":")) for entry in trio]
+def test_compared_models_have_equal_size(entries):
+  """The quality benchmark and the pod plan compare these per size: same width and depth, parameters
+  within 2%; the pod model has the count its name says (within 6% of 125M)."""
+  configs = [load_config(*entry.split(":")) for entry in entries]
   for config in configs:
     validate_config(config)
   assert len({(c.model.dim, c.model.num_layers, c.model.num_heads, c.model.mlp_dim) for c in configs}) == 1
-  assert len({tuple(c.model.mixers) for c in configs}) == 3
+  assert len({tuple(c.model.mixers) for c in configs}) == len(configs)
   models = [nnx.eval_shape(lambda c=c: WaveFieldLM(c.model, rngs=nnx.Rngs(0))) for c in configs]
   totals = [count_params(model)["total"] for model in models]
   assert max(totals) / min(totals) < 1.02, totals
+  if entries[0].startswith("wikitext103_125m"):
+    assert all(0.95 < total / 125e6 < 1.06 for total in totals), totals
 
 
 def test_small_config_names_its_choices():
-  with pytest.raises(ValueError, match=r"configs/small.py takes one of \['hybrid', 'transformer', 'wave'\]"):
+  choices = r"\['hybrid', 'hybrid_local', 'transformer', 'wave'\]"
+  with pytest.raises(ValueError, match=r"configs/small.py takes one of " + choices):
     load_config("small", "mamba")
 
 

@@ -1,14 +1,16 @@
-"""Exact recall: multi-query associative recall (MQAR) and induction copying, wave vs Transformer vs hybrid.
+"""Exact recall: multi-query associative recall (MQAR) and induction copying, wave vs Transformer vs hybrids.
 
-  mqar       16 key-value pairs (keys 1..127, values 128..255) open the sequence; later each key is asked
-             once at a random position and the next token must be its value.
-  induction  a random sequence of L/2 tokens, then the same sequence again: the second half must be copied.
+  mqar:L:P       P key-value pairs (keys 1..127, values 128..255, a vocabulary of 256) open a sequence of L
+                 tokens; later each key is asked once at a random position and the next token must be its
+                 value. mqar:64:4 is the Zoology smoke setting.
+  induction:L    a random sequence of L/2 tokens, then the same sequence again: the second half is copied.
 
-Each model (2 layers, D=64, 4 heads: wave-wave, attention-attention, wave-attention) is trained on fresh
-random sequences with the loss on the answers only, then scored on 512 unseen sequences: accuracy is
-the fraction of answers whose argmax is right. Same steps, batch and learning rate for every model.
+Each model (2 layers, D=64, 4 heads: wave-wave, attention-attention, wave-attention, wave-local with a
+window of 64) is trained on fresh random sequences with the loss on the answers only, then scored on 512
+unseen sequences: accuracy is the fraction of answers whose argmax is right. Same steps, batch and
+learning rate for every model.
 
-  python -m benchmarks.recall [--lengths 256,1024] [--steps 800] [--tokens-per-step 4096]
+  python -m benchmarks.recall [--cases mqar:64:4,mqar:128:8,induction:64,induction:256] [--steps 800]
 """
 
 from __future__ import annotations
@@ -21,27 +23,35 @@ import numpy as np
 from benchmarks import common
 
 MODULE = "benchmarks.recall"
-CASE_KEYS = ("task", "length", "model", "steps", "tokens_per_step")
-MIXERS = {"wave": ("wave", "wave"), "transformer": ("attention", "attention"), "hybrid": ("wave", "attention")}
-PAIRS = 16
+CASE_KEYS = ("task", "length", "pairs", "model", "steps", "tokens_per_step")
+MIXERS = {
+  "wave": ("wave", "wave"),
+  "transformer": ("attention", "attention"),
+  "hybrid": ("wave", "attention"),
+  "hybrid_local": ("wave", "local"),
+}
+WINDOW = 64
 
 
-def mqar(rng: np.random.Generator, batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+def mqar(rng: np.random.Generator, batch: int, length: int, pairs: int) -> tuple[np.ndarray, np.ndarray]:
   """Windows [B, L + 1] and answer weights [B, L]."""
+  if (length + 1 - 2 * pairs) // 2 < pairs:
+    raise ValueError(f"mqar with {pairs} pairs needs L >= {4 * pairs}; got {length}")
   tokens = np.zeros((batch, length + 1), np.int32)
   weights = np.zeros((batch, length), np.float32)
   for row in range(batch):
-    keys = rng.choice(np.arange(1, 128), PAIRS, replace=False)
-    values = rng.integers(128, 256, PAIRS)
-    tokens[row, 0 : 2 * PAIRS : 2], tokens[row, 1 : 2 * PAIRS : 2] = keys, values
+    keys = rng.choice(np.arange(1, 128), pairs, replace=False)
+    values = rng.integers(128, 256, pairs)
+    tokens[row, 0 : 2 * pairs : 2], tokens[row, 1 : 2 * pairs : 2] = keys, values
     # Query slots: even offsets after the pairs, so a query and its answer never overlap another.
-    slots = 2 * PAIRS + 2 * rng.choice((length + 1 - 2 * PAIRS) // 2, PAIRS, replace=False)
+    slots = 2 * pairs + 2 * rng.choice((length + 1 - 2 * pairs) // 2, pairs, replace=False)
     tokens[row, slots], tokens[row, slots + 1] = keys, values
     weights[row, slots] = 1.0  # the target after position `slot` is the value
   return tokens, weights
 
 
-def induction(rng: np.random.Generator, batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+def induction(rng: np.random.Generator, batch: int, length: int, pairs: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  del pairs  # every position of the second copy is a query
   half = length // 2 + 1  # two copies cover the L + 1 tokens of a window
   first = rng.integers(1, 256, (batch, half))
   tokens = np.concatenate([first, first], axis=1)[:, : length + 1].astype(np.int32)
@@ -51,6 +61,14 @@ def induction(rng: np.random.Generator, batch: int, length: int) -> tuple[np.nda
 
 
 TASKS = {"mqar": mqar, "induction": induction}
+
+
+def parse_case(spec: str) -> dict:
+  """ "mqar:64:4" -> {"task": "mqar", "length": 64, "pairs": 4}; "induction:256" -> pairs 0."""
+  task, *numbers = spec.split(":")
+  if task not in TASKS or len(numbers) != (2 if task == "mqar" else 1):
+    raise ValueError(f"a case is mqar:<L>:<pairs> or induction:<L>; got {spec!r}")
+  return {"task": task, "length": int(numbers[0]), "pairs": int(numbers[1]) if task == "mqar" else 0}
 
 
 def measure(case: dict) -> dict:
@@ -64,6 +82,7 @@ def measure(case: dict) -> dict:
   config = base_config()
   config.model.update(dict(dim=64, num_layers=2, num_heads=4, mlp_dim=128, max_len=case["length"]))
   config.model.mixers = MIXERS[case["model"]]
+  config.model.window = WINDOW
   config.train.update(dict(steps=case["steps"], warmup_steps=100, learning_rate=3e-3, wave_learning_rate=3e-3))
   graphdef, state, optimizer = init_state(config, seed=0)
   step = make_train_step(graphdef, optimizer, skip_nonfinite=False)
@@ -71,7 +90,7 @@ def measure(case: dict) -> dict:
   batch_size = max(1, case["tokens_per_step"] // case["length"])
   rng = np.random.default_rng(1)
   for _ in range(case["steps"]):
-    tokens, weights = task(rng, batch_size, case["length"])
+    tokens, weights = task(rng, batch_size, case["length"], case["pairs"])
     state, metrics = step(state, jnp.asarray(tokens), jnp.asarray(weights))
   loss = float(metrics["loss"])
 
@@ -83,7 +102,7 @@ def measure(case: dict) -> dict:
   test_rng = np.random.default_rng(12345)
   hits = total = 0.0
   for _ in range(512 // batch_size + (512 % batch_size > 0)):
-    tokens, weights = task(test_rng, batch_size, case["length"])
+    tokens, weights = task(test_rng, batch_size, case["length"], case["pairs"])
     h, t = correct(state["params"], jnp.asarray(tokens), jnp.asarray(weights))
     hits, total = hits + float(h), total + float(t)
   return {"accuracy": hits / total, "final_train_loss": loss}
@@ -91,68 +110,67 @@ def measure(case: dict) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--lengths", default="256,1024")
+  parser.add_argument("--cases", default="mqar:64:4,mqar:128:8,induction:64,induction:256")
+  parser.add_argument("--models", default=",".join(MIXERS))
   parser.add_argument("--steps", type=int, default=800)
   parser.add_argument("--tokens-per-step", type=int, default=4096)
-  parser.add_argument("--tasks", default="mqar,induction")
   args = parser.parse_args()
-  lengths = [int(v) for v in args.lengths.split(",")]
-  tasks = args.tasks.split(",")
+  specs = [parse_case(spec) for spec in args.cases.split(",")]
+  models = args.models.split(",")
   # Cases already measured with the same budget are kept from the last results: a run cut short (or one
   # case that failed) is finished by starting the script again.
-  previous = (
-    json.loads((common.RESULTS / "recall.json").read_text())["rows"]
-    if (common.RESULTS / "recall.json").exists()
-    else []
-  )
-  done = {json.dumps({k: r[k] for k in CASE_KEYS}): r for r in previous if "error" not in r and "accuracy" in r}
-  rows = []
-  for task in tasks:
-    for length in lengths:
-      for model in MIXERS:
-        case = {"task": task, "length": length, "model": model, "steps": args.steps}
-        case["tokens_per_step"] = args.tokens_per_step
-        result = done.get(json.dumps(case)) or common.run_case(MODULE, case, timeout=3600)
-        print(result, flush=True)
-        rows.append(result)
-        kept = [r for r in done.values() if r not in rows]  # measured before, not reached yet this time
-        write(rows + kept, tasks, lengths, args.steps, args.tokens_per_step)
+  path = common.RESULTS / "recall.json"
+  previous = json.loads(path.read_text())["rows"] if path.exists() else []
+  done = {key(r): r for r in previous if "accuracy" in r and all(k in r for k in CASE_KEYS)}
+  cases = [
+    spec | {"model": model, "steps": args.steps, "tokens_per_step": args.tokens_per_step}
+    for spec in specs
+    for model in models
+  ]
+  rows = [done[key(case)] for case in cases if key(case) in done]
+  for case in cases:
+    if key(case) in done:
+      continue
+    rows.append(common.run_case(MODULE, case, timeout=3600))
+    print(rows[-1], flush=True)
+    write(rows, specs, models, args.steps, args.tokens_per_step)
+  write(rows, specs, models, args.steps, args.tokens_per_step)
 
 
-def write(rows: list[dict], tasks: list[str], lengths: list[int], steps: int, tokens_per_step: int) -> None:
+def key(case: dict) -> str:
+  return json.dumps({k: case[k] for k in CASE_KEYS})
+
+
+def write(rows: list[dict], specs: list[dict], models: list[str], steps: int, tokens_per_step: int) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  by = {(r["task"], r["length"], r["model"]): r for r in rows}
-  table_rows = [
-    [
-      task,
-      f"{length:,}",
-      *(f"{100 * by.get((task, length, m), {}).get('accuracy', float('nan')):.1f}%" for m in MIXERS),
-    ]
-    for task in tasks
-    for length in lengths
-  ]
-  table = common.markdown_table(["task", "L", *(f"{m} accuracy" for m in MIXERS)], table_rows)
+  by = {(r["task"], r["length"], r["pairs"], r["model"]): r for r in rows}
+  names = [f"{s['task']} L={s['length']}" + (f", {s['pairs']} pairs" if s["pairs"] else "") for s in specs]
+
+  def accuracy(spec: dict, model: str) -> float:
+    return 100 * by.get((spec["task"], spec["length"], spec["pairs"], model), {}).get("accuracy", float("nan"))
+
+  table_rows = [[name, *(f"{accuracy(spec, m):.1f}%" for m in models)] for name, spec in zip(names, specs, strict=True)]
+  table = common.markdown_table(["case", *(f"{m} accuracy" for m in models)], table_rows)
   table += (
-    f"\n\n2 layers, D=64, {steps} steps of {tokens_per_step:,} tokens, loss on answers only; 512 unseen sequences."
+    f"\n\n2 layers, D=64, {steps} steps of {tokens_per_step:,} tokens, loss on answers only; 512 unseen sequences; "
+    f"hybrid_local: wave then sliding-window attention of {WINDOW} positions."
   )
   common.write_results(
     "recall", {"machine": common.machine(), "steps": steps, "tokens_per_step": tokens_per_step, "rows": rows}, table
   )
-  fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
-  width = 0.8 / len(MIXERS)
-  for ax, task in zip(axes[0], tasks, strict=True):
-    for i, (model, colour) in enumerate(zip(MIXERS, ("tab:blue", "tab:red", "tab:purple"), strict=True)):
-      values = [100 * by.get((task, n, model), {}).get("accuracy", 0.0) for n in lengths]
-      ax.bar(np.arange(len(lengths)) + i * width, values, width, color=colour, label=model)
-    ax.set_xticks(np.arange(len(lengths)) + width, [f"L={n}" for n in lengths])
-    ax.set_ylabel("answer accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(task)
-    ax.legend()
+  fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(specs)), 3.8))
+  width = 0.8 / len(models)
+  for i, model in enumerate(models):
+    values = [np.nan_to_num(accuracy(spec, model)) for spec in specs]
+    ax.bar(np.arange(len(specs)) + i * width, values, width, color=f"C{i}", label=model)
+  ax.set_xticks(np.arange(len(specs)) + width * (len(models) - 1) / 2, names, fontsize=8)
+  ax.set_ylabel("answer accuracy (%)")
+  ax.set_ylim(0, 100)
+  ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(common.RESULTS / "recall.png", dpi=120)
 

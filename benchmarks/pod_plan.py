@@ -192,9 +192,15 @@ def main() -> None:
   parser.add_argument("--meshes", default="8x1,4x2,2x4,1x8")
   parser.add_argument("--timeout", type=float, default=900, help="seconds per compile")
   parser.add_argument("--no-check", action="store_true", help="skip the real step that checks the memory column")
+  parser.add_argument("--tables-only", action="store_true", help="rewrite the tables and plot from pod_plan.json")
   args = parser.parse_args()
   lengths = [int(v) for v in args.lengths.split(",")]
   meshes = [tuple(int(v) for v in m.split("x")) for m in args.meshes.split(",")]
+  if args.tables_only:
+    saved = json.loads((common.RESULTS / "pod_plan.json").read_text())
+    models = list(dict.fromkeys(r["model"] for r in saved["rows"]))
+    write(saved["rows"], saved["check"], sorted({r["length"] for r in saved["rows"]}), meshes, models)
+    return
   rows = []
   for model in args.models.split(","):
     for data, seq in meshes:
@@ -227,27 +233,27 @@ def write(rows: list[dict], check: dict | None, lengths: list[int], meshes: list
   def gib(value: float) -> str:
     return f"{value / 2**30:.2f}"
 
-  table_rows = []
-  for r in rows:
+  def cells(r: dict) -> list[str]:
     mesh = f"{r['data']}x{r['seq']}"
     if "error" in r:
-      table_rows.append([r["model"], mesh, f"{r['length']:,}", r["error"][:60], "", "", "", "", ""])
-      continue
+      return [r["model"], mesh, f"{r['length']:,}", r["error"][:60], "", "", "", *([""] * len(ACCELERATORS))]
     speed = r["roofline"]
-    table_rows.append(
-      [
-        r["model"],
-        mesh,
-        f"{r['length']:,}",
-        gib(r["argument_bytes"]),
-        gib(r["temp_bytes"]),
-        gib(r["device_bytes"]),
-        f"{r['flops'] / 1e12:.2f}",
-        *(f"{speed[name]['tokens_per_s']:,.0f}" for name in ACCELERATORS),
-      ]
-    )
+    return [
+      r["model"],
+      mesh,
+      f"{r['length']:,}",
+      gib(r["argument_bytes"]),
+      gib(r["temp_bytes"]),
+      gib(r["device_bytes"]),
+      f"{r['flops'] / 1e12:.2f}",
+      *(f"{speed[name]['tokens_per_s']:,.0f}" for name in ACCELERATORS),
+    ]
+
   header = ["model", "data x seq", "L", "state+batch GiB", "temporaries GiB", "total GiB", "TFLOP / step"]
-  table = common.markdown_table(header + [f"{name} tok/s" for name in ACCELERATORS], table_rows)
+  header += [f"{name} tok/s" for name in ACCELERATORS]
+  summary_length = max(r["length"] for r in rows if "error" not in r and r["length"] <= 65536)
+  table = common.markdown_table(header, [cells(r) for r in rows if r["length"] == summary_length])
+  everything = common.markdown_table(header, [cells(r) for r in rows])
 
   fits = []
   for model in models:
@@ -258,17 +264,16 @@ def write(rows: list[dict], check: dict | None, lengths: list[int], meshes: list
   table += common.markdown_table(["model", "data x seq", *DEVICE_MEMORY], fits)
 
   falls = []
-  for model in models:
-    by_seq = {
-      r["seq"]: r["temp_bytes"]
-      for r in rows
-      if r["model"] == model and r["length"] == max(lengths) and "error" not in r
-    }
-    if 1 in by_seq and DEVICES in by_seq:
-      falls.append(f"{model} {by_seq[1] / by_seq[DEVICES]:.1f}x")
+  for length in (n for n in lengths if n >= 65536):
+    for model in models:
+      by_seq = {
+        r["seq"]: r["temp_bytes"] for r in rows if (r["model"], r["length"]) == (model, length) and "error" not in r
+      }
+      if 1 in by_seq and DEVICES in by_seq:
+        falls.append(f"{model} {by_seq[1] / by_seq[DEVICES]:.1f}x at {length // 1024}k")
   notes = [
     f"Per device, per step, one sequence of L tokens per data shard; state sharded over data (fsdp). "
-    f"Temporaries at L = {max(lengths):,} from seq = 1 to seq = {DEVICES}: " + ", ".join(falls) + ".",
+    f"Per-device temporaries from seq = 1 to seq = {DEVICES} fall: " + ", ".join(falls) + ".",
     "Roofline tokens/s: global tokens per step / max(flops / peak, bytes / bandwidth) with "
     + "; ".join(
       f"{n} {s['flops'] / 1e12:.0f} TFLOP/s, {s['bandwidth'] / 1e12:.2f} TB/s" for n, s in ACCELERATORS.items()
@@ -282,7 +287,7 @@ def write(rows: list[dict], check: dict | None, lengths: list[int], meshes: list
       f"held {gib(check['measured_bytes'])} GiB per device at its peak against {gib(check['device_bytes'])} GiB "
       f"planned ({ratio:.2f}x)."
     )
-  table += "\n\n" + "\n".join(notes)
+  table += "\n\n" + "\n".join(notes) + "\n\nEvery case:\n\n" + everything
   payload = {
     "machine": common.machine(),
     "accelerators": ACCELERATORS,

@@ -159,30 +159,37 @@ def run_one_step(compiled, config, mesh, state_sharding) -> int:
 
 
 def roofline(row: dict) -> dict:
-  """Predicted step time and global tokens/s on each accelerator from one device's flops and bytes."""
+  """Predicted step time and global tokens/s on each accelerator from one device's flops and bytes, and
+  which of the two bounds the step."""
   tokens = row["data"] * row["length"]
   out = {}
   for name, spec in ACCELERATORS.items():
-    seconds = max(row["flops"] / spec["flops"], row["bytes_accessed"] / spec["bandwidth"])
-    out[name] = {"step_s": seconds, "tokens_per_s": tokens / seconds}
+    compute, memory = row["flops"] / spec["flops"], row["bytes_accessed"] / spec["bandwidth"]
+    seconds = max(compute, memory)
+    out[name] = {
+      "step_s": seconds,
+      "tokens_per_s": tokens / seconds,
+      "bound": "memory" if memory > compute else "compute",
+    }
   return out
 
 
 def longest_fit(rows: list[dict], capacity: float) -> str:
-  """The longest compiled context whose per-device bytes fit `capacity`; beyond the longest compiled one,
-  extrapolated on the log-log line through the two longest (marked ~)."""
-  rows = sorted((r for r in rows if "error" not in r), key=lambda r: r["length"])
-  fitting = [r["length"] for r in rows if r["device_bytes"] <= capacity]
-  if not fitting:
+  """The longest context whose per-device bytes fit `capacity`, on the log-log line through the two
+  compiled lengths around it (beyond the longest: through the two longest), marked ~."""
+  points = sorted((r["length"], r["device_bytes"]) for r in rows if "error" not in r)
+  if not points:
     return "none"
-  if fitting[-1] < rows[-1]["length"] or len(rows) < 2:
-    return f"{fitting[-1] // 1024}k"
-  a, b = rows[-2], rows[-1]
-  slope = math.log(b["device_bytes"] / a["device_bytes"]) / math.log(b["length"] / a["length"])
+  if points[0][1] > capacity:
+    return f"<{points[0][0] // 1024}k"
+  if len(points) == 1:
+    return f">={points[0][0] // 1024}k"
+  pairs = list(zip(points, points[1:], strict=False))
+  (l0, b0), (l1, b1) = next(((a, b) for a, b in pairs if b[1] > capacity), pairs[-1])
+  slope = math.log(b1 / b0) / math.log(l1 / l0)
   if slope <= 0:
-    return f">{b['length'] // 1024}k"
-  length = b["length"] * (capacity / b["device_bytes"]) ** (1 / slope)
-  return f"~{int(length) // 1024}k"
+    return f">{points[-1][0] // 1024}k"
+  return f"~{l0 * (capacity / b0) ** (1 / slope) / 1024:.0f}k"
 
 
 def main() -> None:
@@ -211,8 +218,6 @@ def main() -> None:
           rows.append(case | {"error": "skipped (a shorter context failed)"})
           continue
         result = common.run_case(MODULE, case, timeout=args.timeout)
-        if "error" not in result:
-          result["roofline"] = roofline(result)
         print(json.dumps(result), flush=True)
         rows.append(result)
         failed = "error" in result
@@ -233,6 +238,10 @@ def write(rows: list[dict], check: dict | None, lengths: list[int], meshes: list
   def gib(value: float) -> str:
     return f"{value / 2**30:.2f}"
 
+  for r in rows:
+    if "error" not in r:
+      r["roofline"] = roofline(r)
+
   def cells(r: dict) -> list[str]:
     mesh = f"{r['data']}x{r['seq']}"
     if "error" in r:
@@ -246,7 +255,7 @@ def write(rows: list[dict], check: dict | None, lengths: list[int], meshes: list
       gib(r["temp_bytes"]),
       gib(r["device_bytes"]),
       f"{r['flops'] / 1e12:.2f}",
-      *(f"{speed[name]['tokens_per_s']:,.0f}" for name in ACCELERATORS),
+      *(f"{speed[name]['tokens_per_s']:,.0f} {speed[name]['bound'][0]}" for name in ACCELERATORS),
     ]
 
   header = ["model", "data x seq", "L", "state+batch GiB", "temporaries GiB", "total GiB", "TFLOP / step"]
@@ -278,7 +287,7 @@ def write(rows: list[dict], check: dict | None, lengths: list[int], meshes: list
     + "; ".join(
       f"{n} {s['flops'] / 1e12:.0f} TFLOP/s, {s['bandwidth'] / 1e12:.2f} TB/s" for n, s in ACCELERATORS.items()
     )
-    + " (dense bf16 peaks; flops and bytes from XLA's CPU compile).",
+    + " (dense bf16 peaks; flops and bytes from XLA's CPU compile); m: memory-bound, c: compute-bound.",
   ]
   if check and "error" not in check:
     ratio = check["measured_bytes"] / check["device_bytes"]

@@ -6,9 +6,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from wavefield_jax import layers
 from wavefield_jax.config import validate_model_config
+from wavefield_jax.parallel import DATA, SEQ
 
 
 class WaveFieldLM(nnx.Module):
@@ -19,9 +22,11 @@ class WaveFieldLM(nnx.Module):
   """
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs, mesh: jax.sharding.Mesh | None = None):
-    """mesh: a ("data", "seq") mesh for the wave layers' sharded convolution (see `parallel`)."""
+    """mesh: a ("data", "seq") mesh: activations are split over both axes, and wave layers convolve
+    their own positions (see `parallel`)."""
     validate_model_config(config)
     self.config = config
+    self.mesh = mesh
     dtype = jnp.dtype(config.dtype)
     self.embed = nnx.Embed(config.vocab_size, config.dim, dtype=dtype, rngs=rngs)
     blocks = []
@@ -60,7 +65,12 @@ class WaveFieldLM(nnx.Module):
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     """tokens [B, L] int -> logits [B, L, V] float32."""
-    return self.from_embeddings(self.embed(tokens))
+    x = self.embed(tokens)  # [B, L, D]
+    if self.mesh is not None:
+      # Every layer then works on its own positions: without this only the wave convolution does, and
+      # attention, the MLPs and the logits run whole on every device of a `seq` group.
+      x = jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, P(DATA, SEQ)))
+    return self.from_embeddings(x)
 
   def init_cache(self, batch_size: int, max_len: int) -> list:
     """One cache per layer for decoding up to `max_len` positions in total."""

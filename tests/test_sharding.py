@@ -46,16 +46,16 @@ def test_sequence_parallel_needs_divisible_lengths(rng):
     parallel.sharded_wave_conv(u, speed, damping, phase, sharding.make_mesh(2, 4))
 
 
-def tiny_config():
+def tiny_config(mixers=("wave", "wave")):
   config = base_config()
   config.model.update(dict(dim=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=64))
-  config.model.mixers = ("wave", "wave")
+  config.model.mixers = mixers
   return config
 
 
-def one_step(mesh, batch, fsdp=False):
+def one_step(mesh, batch, fsdp=False, mixers=("wave", "wave")):
   """Loss, grad norm and updated params after one train step on `mesh` (None: one device)."""
-  config = tiny_config()
+  config = tiny_config(mixers)
   graphdef, state, optimizer = init_state(config, seed=0, mesh=mesh)
   shardings = None
   if mesh is not None:
@@ -67,18 +67,23 @@ def one_step(mesh, batch, fsdp=False):
   return float(metrics["loss"]), float(metrics["grad_norm"]), new_state["params"], step, state
 
 
-def gradients(mesh, batch):
-  graphdef, state, _ = init_state(tiny_config(), seed=0, mesh=mesh)
+def gradients(mesh, batch, mixers):
+  graphdef, state, _ = init_state(tiny_config(mixers), seed=0, mesh=mesh)
   if mesh is not None:
     batch = jax.device_put(batch, sharding.batch_sharding(mesh))
   return jax.jit(jax.grad(lambda params: token_losses(graphdef, params, batch).mean()))(state["params"])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("data, seq, fsdp", [(8, 1, False), (2, 4, False), (8, 1, True)])
-def test_sharded_train_step_equals_one_device(rng, data, seq, fsdp):
+@pytest.mark.parametrize(
+  "data, seq, fsdp, mixers",
+  [(8, 1, False, ("wave", "wave")), (2, 4, False, ("wave", "wave")), (8, 1, True, ("wave", "wave"))]
+  + [(2, 4, False, ("attention", "wave"))],  # attention split over seq as well
+)
+def test_sharded_train_step_equals_one_device(rng, data, seq, fsdp, mixers):
   batch = jnp.asarray(rng.integers(0, 256, (8, 65)), jnp.int32)
-  want_grads, got_grads = gradients(None, batch), gradients(sharding.make_mesh(data, seq), batch)
+  mesh = sharding.make_mesh(data, seq)
+  want_grads, got_grads = gradients(None, batch, mixers), gradients(mesh, batch, mixers)
   flat = [
     (np.ravel(g), np.ravel(w)) for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True)
   ]
@@ -87,11 +92,24 @@ def test_sharded_train_step_equals_one_device(rng, data, seq, fsdp):
   assert relative_error(np.concatenate([g for g, _ in flat]), np.concatenate([w for _, w in flat])) < 1e-5
   for got, want in flat:
     assert relative_error(got, want) < 1e-4
-  want_loss, want_norm, want_params, _, _ = one_step(None, batch)
-  got_loss, got_norm, got_params, _, _ = one_step(sharding.make_mesh(data, seq), batch, fsdp)
+  want_loss, want_norm, want_params, _, _ = one_step(None, batch, mixers=mixers)
+  got_loss, got_norm, got_params, _, _ = one_step(mesh, batch, fsdp, mixers)
   assert abs(got_loss - want_loss) <= 1e-5 * abs(want_loss)
   assert abs(got_norm - want_norm) <= 1e-5 * abs(want_norm)
   chex.assert_trees_all_close(jax.device_get(got_params), jax.device_get(want_params), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mixers", [("attention", "attention"), ("wave", "local")])
+def test_every_layer_splits_over_seq(rng, mixers):
+  """On a 1 x 8 mesh each device does about an eighth of the step's arithmetic, attention, MLPs and
+  logits included: activations are split over seq from the embedding on, not only in the wave layers."""
+  batch = jnp.asarray(rng.integers(0, 256, (1, 65)), jnp.int32)
+  flops = {}
+  for seq in (1, 8):
+    _, _, _, step, state = one_step(sharding.make_mesh(1, seq), batch, mixers=mixers)
+    flops[seq] = step.lower(state, batch).compile().cost_analysis()["flops"]
+  assert flops[8] < flops[1] / 4, flops
 
 
 @pytest.mark.slow

@@ -266,11 +266,14 @@ def write(rows: list[dict], check: dict | None, lengths: list[int], meshes: list
 
   fits = []
   for model in models:
+    cells_by_mesh = []
     for data, seq in meshes:
       group = [r for r in rows if r["model"] == model and (r["data"], r["seq"]) == (data, seq)]
-      fits.append([model, f"{data}x{seq}", *(longest_fit(group, cap) for cap in DEVICE_MEMORY.values())])
-  table += "\n\nLongest context per device memory (compiled per-device total; ~ extrapolated):\n\n"
-  table += common.markdown_table(["model", "data x seq", *DEVICE_MEMORY], fits)
+      cells_by_mesh.append(" / ".join(longest_fit(group, cap) for cap in DEVICE_MEMORY.values()))
+    fits.append([model, *cells_by_mesh])
+  table += f"\n\nLongest context that fits a device of {' / '.join(DEVICE_MEMORY)} (per-device total, log-log "
+  table += "interpolated between compiled lengths, ~):\n\n"
+  table += common.markdown_table(["model", *(f"{d}x{s}" for d, s in meshes)], fits)
 
   falls = []
   for length in (n for n in lengths if n >= 65536):

@@ -142,7 +142,8 @@ def write(rows: list[dict], steps: int) -> None:
   table += (
     f"\n\nconfigs/wikitext103_125m.py:<model> on the shipped corpus with GPT-2 BPE, bf16 compute, {steps} steps of "
     f"{BATCH} x {SEQ_LEN} tokens (local window {WINDOW}); resumed: stopped at step {steps // 2} and continued in a "
-    "new process from the checkpoint (largest loss difference over all steps)."
+    "new process from the checkpoint (largest loss difference over all steps); s / step: the straight run's wall "
+    "clock over its steps, compile, evaluation and sampling included, on a shared machine."
   )
   common.write_results("pod_smoke", {"machine": common.machine(), "steps": steps, "rows": rows}, table)
   fig, ax = plt.subplots(figsize=(6.5, 4))

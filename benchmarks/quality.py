@@ -6,9 +6,9 @@ Two sizes: `default` (D=128, 4 layers: configs/default.py, transformer.py, hybri
 Each run is `train.py` in its own process and workdir (benchmarks/runs/quality/<size>/<steps>_steps/
 <model>_s<seed>), so a run cut short resumes from its checkpoint when this script is started again;
 finished runs are not redone. Validation (Julius Caesar, Twelfth Night) and test (Macbeth, The Tempest)
-are scored in full at the end. Results: benchmarks/results/quality_<size>_<steps>.{json,md,png}.
+are scored in full at the end. Results: benchmarks/results/quality_<size>_<steps>[_<tag>].{json,md,png}.
 
-  python -m benchmarks.quality [--size default] [--steps 2000] [--seeds 0,1] [--models wave,transformer,hybrid]
+  python -m benchmarks.quality [--size default] [--steps 2000] [--seeds 0,1] [--models wave,hybrid_local64] [--tag T]
 
 Models: wave, transformer, hybrid (global attention), hybrid_local<W> (sliding-window attention of W
 positions: bounded decode memory), each with an optional _h<H> for H heads per layer (e.g. wave_h16).
@@ -114,6 +114,7 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=2000)
   parser.add_argument("--seeds", default="0,1")
   parser.add_argument("--models", default="wave,transformer,hybrid")
+  parser.add_argument("--tag", default="", help="results go to quality_<size>_<steps>[_<tag>].*")
   args = parser.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
   models = args.models.split(",")
@@ -135,10 +136,10 @@ def main() -> None:
     for m in models
     for s in seeds
   }
-  write(results, models, seeds, args.steps, args.size)
+  write(results, models, seeds, args.steps, args.size, args.tag)
 
 
-def write(results: dict, models: list[str], seeds: list[int], steps: int, size: str) -> None:
+def write(results: dict, models: list[str], seeds: list[int], steps: int, size: str, tag: str) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
@@ -186,7 +187,7 @@ def write(results: dict, models: list[str], seeds: list[int], steps: int, size: 
     "runs": results,
     "plateau_drop": plateau,
   }
-  name = f"quality_{size}_{steps}"
+  name = f"quality_{size}_{steps}" + (f"_{tag}" if tag else "")
   common.write_results(name, payload, table)
   fig, ax = plt.subplots(figsize=(7, 4.2))
   for colour, model in enumerate(models):

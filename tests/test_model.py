@@ -111,15 +111,15 @@ def test_shipped_configs_are_valid(path):
   validate_config(load_config(path.stem))
 
 
-KINDS = ("wave", "transformer", "hybrid", "hybrid_local")
+CONFIG_KINDS = ("wave", "transformer", "hybrid", "hybrid_local")
 
 
 @pytest.mark.parametrize(
   "entries",
   [
     ("default", "transformer", "hybrid", "hybrid_local"),
-    tuple(f"small:{kind}" for kind in KINDS),
-    tuple(f"wikitext103_125m:{kind}" for kind in KINDS),
+    tuple(f"small:{kind}" for kind in CONFIG_KINDS),
+    tuple(f"wikitext103_125m:{kind}" for kind in CONFIG_KINDS),
   ],
   ids=["default", "small", "125m"],
 )

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -185,7 +186,9 @@ def test_evaluate_and_sample_commands_on_a_trained_run(tmp_path, text_files):
 
 
 def start_two_processes(tmp_path: Path, config_file: Path, corpus: str, workdir: Path) -> list[subprocess.Popen]:
-  port = 20000 + (os.getpid() + len(str(workdir))) % 20000
+  with socket.socket() as probe:  # a port the OS says is free now: concurrent tests never share one
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
   processes = []
   for rank in range(2):
     command = [

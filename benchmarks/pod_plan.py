@@ -55,13 +55,18 @@ ACCELERATORS = {
 DEVICE_MEMORY = {"16 GB": 16e9, "80 GB": 80e9, "141 GB": 141e9}
 
 
-def pod_config(model: str, data: int, seq: int, length: int):
-  """configs/wikitext103_125m.py for one case: `model`'s mixers, one window of `length` per data shard."""
+def load_pod_config(kind: str):
+  """configs/wikitext103_125m.py:<kind>, as `--config=configs/wikitext103_125m.py:<kind>` loads it."""
   spec = importlib.util.spec_from_file_location("pod_config", REPO / "configs" / "wikitext103_125m.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  return module.get_config(kind)
+
+
+def pod_config(model: str, data: int, seq: int, length: int):
+  """The pod config for one case: `model`'s mixers, one window of `length` per data shard."""
   kind, overrides = MODELS[model]
-  config = module.get_config(kind)
+  config = load_pod_config(kind)
   config.model.update(overrides)
   config.model.max_len = length
   config.data.seq_len = length
@@ -96,8 +101,6 @@ def compile_step(config, data: int, seq: int):
 def measure(case: dict) -> dict:
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
   os.environ["JAX_PLATFORMS"] = "cpu"
-  import jax
-
   config = pod_config(case["model"], case["data"], case["seq"], case["length"])
   start = time.perf_counter()
   compiled, mesh, state_sharding = compile_step(config, case["data"], case["seq"])
@@ -117,7 +120,6 @@ def measure(case: dict) -> dict:
   result["device_bytes"] = per_device_bytes(result)
   if case.get("check"):
     result["measured_bytes"] = run_one_step(compiled, config, mesh, state_sharding)
-  del jax
   return result
 
 

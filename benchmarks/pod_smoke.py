@@ -54,16 +54,12 @@ def train(model: str, workdir: Path, steps: int, *extra: str) -> float:
 
 
 def parameter_count(model: str) -> int:
-  import importlib.util
-
   from flax import nnx
 
+  from benchmarks.pod_plan import load_pod_config
   from wavefield_jax.model import WaveFieldLM, count_params
 
-  spec = importlib.util.spec_from_file_location("pod_config", REPO / CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(model)
+  config = load_pod_config(model)
   abstract = nnx.eval_shape(lambda: WaveFieldLM(config.model, rngs=nnx.Rngs(0)))
   return count_params(abstract)["total"]
 

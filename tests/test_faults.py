@@ -3,10 +3,11 @@
 import errno
 import json
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import jax
@@ -18,7 +19,7 @@ from helpers import file_digests, read_losses, tiny_config, tiny_corpus
 from wavefield_jax import data, train_lib
 from wavefield_jax.checkpointing import Checkpointer, DamagedCheckpointError
 from wavefield_jax.train_lib import train_and_evaluate
-from wavefield_jax.workdir import TrainingError, load_trained
+from wavefield_jax.workdir import TrainingError, check_workdir, load_trained
 
 # Trains models, starts processes or compiles many shapes: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -158,18 +159,41 @@ def test_a_read_only_workdir_is_refused_before_training(tmp_path, monkeypatch):
   if os.geteuid() != 0:
     workdir.chmod(0o500)
   else:  # root writes through permission bits: the file system itself says read-only
-    write_bytes = pathlib.Path.write_bytes
+    named_temporary_file = tempfile.NamedTemporaryFile
 
-    def read_only(path, content):
-      if path.parent == workdir:
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-      return write_bytes(path, content)
+    def read_only(*args, dir=None, **kwargs):
+      if Path(dir) == workdir:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+      return named_temporary_file(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(pathlib.Path, "write_bytes", read_only)
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
   with pytest.raises(TrainingError, match=f"workdir {workdir} is not usable: (Read-only file system|Permission)"):
     train_and_evaluate(tiny_config(steps=5), workdir, corpus=tiny_corpus())
   assert not calls
   workdir.chmod(0o700)
+
+
+def test_processes_that_check_one_workdir_at_once_all_pass_and_read_a_whole_config(tmp_path):
+  # The processes of a multi-host run check one shared workdir at the same moment: each must probe
+  # with a file of its own and never read the config record half written.
+  config, workdir = tiny_config(steps=5), tmp_path / "shared"
+  start, errors = threading.Barrier(16), []
+
+  def check():
+    start.wait()
+    try:
+      for _ in range(20):
+        check_workdir(workdir, config)
+    except Exception as error:  # noqa: BLE001 (collected for the assertion below)
+      errors.append(error)
+
+  threads = [threading.Thread(target=check) for _ in range(16)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert not errors, errors[:3]
+  assert sorted(p.name for p in workdir.iterdir()) == ["config.json"]
 
 
 def test_a_workdir_that_is_a_file_is_refused(tmp_path, monkeypatch):

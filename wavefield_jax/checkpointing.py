@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,13 @@ class DamagedCheckpointError(CheckpointError):
 def _sha256(path: Path) -> str:
   with path.open("rb") as f:
     return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+  """Writes `path` whole or not at all: a reader (another process, a restart after a crash) never sees half."""
+  with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".partial", delete=False) as f:
+    f.write(text)
+  os.replace(f.name, path)
 
 
 class Checkpointer:
@@ -76,9 +84,7 @@ class Checkpointer:
         continue
       root = self.directory / str(step)
       files = {str(p.relative_to(root)): [p.stat().st_size, _sha256(p)] for p in sorted(root.rglob("*")) if p.is_file()}
-      partial = manifests / f".{step}.json.partial"
-      partial.write_text(json.dumps({"step": step, "files": files}, indent=0))
-      os.replace(partial, manifests / f"{step}.json")  # atomic: a manifest is whole or absent
+      write_text_atomic(manifests / f"{step}.json", json.dumps({"step": step, "files": files}, indent=0))
     self._unrecorded.clear()
     for path in manifests.glob("*.json"):
       if path.stem.isdigit() and int(path.stem) not in present:

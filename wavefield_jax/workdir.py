@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import jax
 import ml_collections
 from flax import nnx, traverse_util
 
-from wavefield_jax.checkpointing import Checkpointer, CheckpointError
+from wavefield_jax.checkpointing import Checkpointer, CheckpointError, write_text_atomic
 from wavefield_jax.config import base_config
 from wavefield_jax.model import WaveFieldLM
 
@@ -42,9 +43,10 @@ def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
   """Before any training: the workdir must be writable, and any checkpoints in it must be of this model."""
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / ".write_probe"
-    probe.write_bytes(b"\0" * 1024 * 1024)  # a checkpoint needs room, not just permission
-    probe.unlink()
+    # A name of its own per process: the processes of a multi-host run probe one shared workdir at once.
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_probe_") as probe:
+      probe.write(b"\0" * 1024 * 1024)  # a checkpoint needs room, not just permission
+      probe.flush()
   except OSError as error:
     raise TrainingError(f"workdir {workdir} is not usable: {error.strerror or error}") from error
   record_path = workdir / "config.json"
@@ -64,7 +66,8 @@ def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
         "Use another --workdir, or the config that wrote them; nothing was changed."
       )
   elif jax.process_index() == 0:
-    record_path.write_text(json.dumps(record | {"seed": config.seed}, indent=1) + "\n")
+    # Whole or absent: the other processes of a multi-host run may read it while it is written.
+    write_text_atomic(record_path, json.dumps(record | {"seed": config.seed}, indent=1) + "\n")
 
 
 def check_free_space(workdir: Path, state: State, keep: int) -> None:

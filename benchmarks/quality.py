@@ -9,6 +9,7 @@ finished runs are not redone. Validation (Julius Caesar, Twelfth Night) and test
 are scored in full at the end. Results: benchmarks/results/quality_<size>_<steps>[_<tag>].{json,md,png}.
 
   python -m benchmarks.quality [--size default] [--steps 2000] [--seeds 0,1] [--models wave,hybrid_local64] [--tag T]
+                               [--reuse benchmarks/results/quality_default_3000.json]
 
 Models: wave, transformer, hybrid (global attention), hybrid_local<W> (sliding-window attention of W
 positions: bounded decode memory), each with an optional _h<H> for H heads per layer (e.g. wave_h16).
@@ -115,28 +116,47 @@ def main() -> None:
   parser.add_argument("--seeds", default="0,1")
   parser.add_argument("--models", default="wave,transformer,hybrid")
   parser.add_argument("--tag", default="", help="results go to quality_<size>_<steps>[_<tag>].*")
+  parser.add_argument(
+    "--reuse",
+    default="",
+    help="comma-separated results files (same size and steps) whose runs are taken as scored, not trained again",
+  )
   args = parser.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
   models = args.models.split(",")
+  reused = reused_runs(args.reuse.split(",") if args.reuse else [], args.size, args.steps)
   timing_path = RUNS / args.size / f"{args.steps}_steps" / "wall_clock.json"
   timing_path.parent.mkdir(parents=True, exist_ok=True)
   for model in models:  # every name checked before hours of training
     config_flags(args.size, model)
   for seed in seeds:
     for model in models:
+      if f"{model}_s{seed}" in reused:
+        continue
       seconds = train(args.size, model, seed, args.steps)
       # Read just before writing: one process per seed may share the file.
       wall = json.loads(timing_path.read_text()) if timing_path.exists() else {}
       wall[f"{model}_s{seed}"] = wall.get(f"{model}_s{seed}", 0.0) + seconds
       timing_path.write_text(json.dumps(wall, indent=1))
-  wall = json.loads(timing_path.read_text())
+  wall = json.loads(timing_path.read_text()) if timing_path.exists() else {}
   results = {
-    f"{m}_s{s}": score(args.size, m, s, args.steps)
-    | {"wall_s": wall[f"{m}_s{s}"], "curve": curves(args.size, m, s, args.steps)}
+    f"{m}_s{s}": reused.get(f"{m}_s{s}")
+    or score(args.size, m, s, args.steps) | {"wall_s": wall[f"{m}_s{s}"], "curve": curves(args.size, m, s, args.steps)}
     for m in models
     for s in seeds
   }
   write(results, models, seeds, args.steps, args.size, args.tag)
+
+
+def reused_runs(paths: list[str], size: str, steps: int) -> dict:
+  """The runs recorded in earlier results files (e.g. the baselines of a study whose workdirs are gone)."""
+  runs = {}
+  for path in paths:
+    payload = json.loads(Path(path).read_text())
+    if (payload["size"], payload["steps"]) != (size, steps):
+      raise ValueError(f"{path} holds {payload['size']} runs of {payload['steps']} steps, not {size} of {steps}")
+    runs |= payload["runs"]
+  return runs
 
 
 def write(results: dict, models: list[str], seeds: list[int], steps: int, size: str, tag: str) -> None:

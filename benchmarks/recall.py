@@ -1,8 +1,8 @@
 """Exact recall: multi-query associative recall (MQAR) and induction copying, wave vs Transformer vs hybrids.
 
-  mqar:L:P       P key-value pairs (keys 1..127, values 128..255, a vocabulary of 256) open a sequence of L
-                 tokens; later each key is asked once at a random position and the next token must be its
-                 value. mqar:64:4 is the Zoology smoke setting.
+  mqar:L:P[:V]   P key-value pairs (keys 1..V/2-1, values V/2..V-1; V = 256 unless given) open a sequence
+                 of L tokens; later each key is asked once at a random position and the next token must be
+                 its value. mqar:64:4 is the Zoology smoke setting.
   induction:L    a random sequence of L/2 tokens, then the same sequence again: the second half is copied.
 
 Each model (2 layers, D=64, 4 heads: wave-wave, attention-attention, wave-attention, wave-local with a
@@ -23,7 +23,7 @@ import numpy as np
 from benchmarks import common
 
 MODULE = "benchmarks.recall"
-CASE_KEYS = ("task", "length", "pairs", "model", "steps", "tokens_per_step")
+CASE_KEYS = ("task", "length", "pairs", "vocab", "model", "steps", "tokens_per_step")
 MIXERS = {
   "wave": ("wave", "wave"),
   "transformer": ("attention", "attention"),
@@ -33,15 +33,19 @@ MIXERS = {
 WINDOW = 64
 
 
-def mqar(rng: np.random.Generator, batch: int, length: int, pairs: int) -> tuple[np.ndarray, np.ndarray]:
+def mqar(
+  rng: np.random.Generator, batch: int, length: int, pairs: int, vocab: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
   """Windows [B, L + 1] and answer weights [B, L]."""
   if (length + 1 - 2 * pairs) // 2 < pairs:
     raise ValueError(f"mqar with {pairs} pairs needs L >= {4 * pairs}; got {length}")
+  if not pairs < vocab // 2 <= 128:
+    raise ValueError(f"mqar with {pairs} pairs needs a vocabulary of {2 * pairs + 2} to 256; got {vocab}")
   tokens = np.zeros((batch, length + 1), np.int32)
   weights = np.zeros((batch, length), np.float32)
   for row in range(batch):
-    keys = rng.choice(np.arange(1, 128), pairs, replace=False)
-    values = rng.integers(128, 256, pairs)
+    keys = rng.choice(np.arange(1, vocab // 2), pairs, replace=False)
+    values = rng.integers(vocab // 2, vocab, pairs)
     tokens[row, 0 : 2 * pairs : 2], tokens[row, 1 : 2 * pairs : 2] = keys, values
     # Query slots: even offsets after the pairs, so a query and its answer never overlap another.
     slots = 2 * pairs + 2 * rng.choice((length + 1 - 2 * pairs) // 2, pairs, replace=False)
@@ -50,10 +54,12 @@ def mqar(rng: np.random.Generator, batch: int, length: int, pairs: int) -> tuple
   return tokens, weights
 
 
-def induction(rng: np.random.Generator, batch: int, length: int, pairs: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def induction(
+  rng: np.random.Generator, batch: int, length: int, pairs: int = 0, vocab: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
   del pairs  # every position of the second copy is a query
   half = length // 2 + 1  # two copies cover the L + 1 tokens of a window
-  first = rng.integers(1, 256, (batch, half))
+  first = rng.integers(1, vocab, (batch, half))
   tokens = np.concatenate([first, first], axis=1)[:, : length + 1].astype(np.int32)
   weights = np.zeros((batch, length), np.float32)
   weights[:, half:] = 1.0  # targets from the second copy's second token on: each is determined
@@ -64,11 +70,18 @@ TASKS = {"mqar": mqar, "induction": induction}
 
 
 def parse_case(spec: str) -> dict:
-  """ "mqar:64:4" -> {"task": "mqar", "length": 64, "pairs": 4}; "induction:256" -> pairs 0."""
+  """ "mqar:64:4" -> {"task": "mqar", "length": 64, "pairs": 4, "vocab": 256}; "mqar:64:4:64" -> vocab 64;
+  "induction:256" -> pairs 0, vocab 256."""
   task, *numbers = spec.split(":")
-  if task not in TASKS or len(numbers) != (2 if task == "mqar" else 1):
-    raise ValueError(f"a case is mqar:<L>:<pairs> or induction:<L>; got {spec!r}")
-  return {"task": task, "length": int(numbers[0]), "pairs": int(numbers[1]) if task == "mqar" else 0}
+  if task not in TASKS or len(numbers) not in ((2, 3) if task == "mqar" else (1,)):
+    raise ValueError(f"a case is mqar:<L>:<pairs>[:<vocab>] or induction:<L>; got {spec!r}")
+  numbers = [int(n) for n in numbers]
+  return {
+    "task": task,
+    "length": numbers[0],
+    "pairs": numbers[1] if task == "mqar" else 0,
+    "vocab": numbers[2] if len(numbers) == 3 else 256,
+  }
 
 
 def measure(case: dict) -> dict:
@@ -90,7 +103,7 @@ def measure(case: dict) -> dict:
   batch_size = max(1, case["tokens_per_step"] // case["length"])
   rng = np.random.default_rng(1)
   for _ in range(case["steps"]):
-    tokens, weights = task(rng, batch_size, case["length"], case["pairs"])
+    tokens, weights = task(rng, batch_size, case["length"], case["pairs"], case["vocab"])
     state, metrics = step(state, jnp.asarray(tokens), jnp.asarray(weights))
   loss = float(metrics["loss"])
 
@@ -102,7 +115,7 @@ def measure(case: dict) -> dict:
   test_rng = np.random.default_rng(12345)
   hits = total = 0.0
   for _ in range(512 // batch_size + (512 % batch_size > 0)):
-    tokens, weights = task(test_rng, batch_size, case["length"], case["pairs"])
+    tokens, weights = task(test_rng, batch_size, case["length"], case["pairs"], case["vocab"])
     h, t = correct(state["params"], jnp.asarray(tokens), jnp.asarray(weights))
     hits, total = hits + float(h), total + float(t)
   return {"accuracy": hits / total, "final_train_loss": loss}
@@ -147,11 +160,17 @@ def write(rows: list[dict], specs: list[dict], models: list[str], steps: int, to
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  by = {(r["task"], r["length"], r["pairs"], r["model"]): r for r in rows}
-  names = [f"{s['task']} L={s['length']}" + (f", {s['pairs']} pairs" if s["pairs"] else "") for s in specs]
+  by = {(r["task"], r["length"], r["pairs"], r["vocab"], r["model"]): r for r in rows}
+  names = [
+    f"{s['task']} L={s['length']}"
+    + (f", {s['pairs']} pairs" if s["pairs"] else "")
+    + (f", vocabulary {s['vocab']}" if s["vocab"] != 256 else "")
+    for s in specs
+  ]
 
   def accuracy(spec: dict, model: str) -> float:
-    return 100 * by.get((spec["task"], spec["length"], spec["pairs"], model), {}).get("accuracy", float("nan"))
+    row = by.get((spec["task"], spec["length"], spec["pairs"], spec["vocab"], model), {})
+    return 100 * row.get("accuracy", float("nan"))
 
   table_rows = [[name, *(f"{accuracy(spec, m):.1f}%" for m in models)] for name, spec in zip(names, specs, strict=True)]
   table = common.markdown_table(["case", *(f"{m} accuracy" for m in models)], table_rows)

@@ -4,13 +4,14 @@
                  of L tokens; later each key is asked once at a random position and the next token must be
                  its value. mqar:64:4 is the Zoology smoke setting.
   induction:L    a random sequence of L/2 tokens, then the same sequence again: the second half is copied.
+  ...@N          trains that case for N steps instead of --steps (e.g. mqar:32:2:16@2000).
 
 Each model (2 layers, D=64, 4 heads: wave-wave, attention-attention, wave-attention, wave-local with a
 window of 64) is trained on fresh random sequences with the loss on the answers only, then scored on 512
 unseen sequences: accuracy is the fraction of answers whose argmax is right. Same steps, batch and
 learning rate for every model.
 
-  python -m benchmarks.recall [--cases mqar:64:4,mqar:128:8,induction:64,induction:256] [--steps 800]
+  python -m benchmarks.recall [--cases mqar:32:2:16@2000,induction:64,induction:256] [--steps 800]
 """
 
 from __future__ import annotations
@@ -69,18 +70,20 @@ def induction(
 TASKS = {"mqar": mqar, "induction": induction}
 
 
-def parse_case(spec: str) -> dict:
-  """ "mqar:64:4" -> {"task": "mqar", "length": 64, "pairs": 4, "vocab": 256}; "mqar:64:4:64" -> vocab 64;
-  "induction:256" -> pairs 0, vocab 256."""
-  task, *numbers = spec.split(":")
+def parse_case(spec: str, steps: int) -> dict:
+  """ "mqar:64:4" -> {"task": "mqar", "length": 64, "pairs": 4, "vocab": 256, "steps": steps};
+  "mqar:64:4:64@2000" -> vocab 64, 2000 steps; "induction:256" -> pairs 0, vocab 256."""
+  body, _, own_steps = spec.partition("@")
+  task, *numbers = body.split(":")
   if task not in TASKS or len(numbers) not in ((2, 3) if task == "mqar" else (1,)):
-    raise ValueError(f"a case is mqar:<L>:<pairs>[:<vocab>] or induction:<L>; got {spec!r}")
+    raise ValueError(f"a case is mqar:<L>:<pairs>[:<vocab>] or induction:<L>, then optional @<steps>; got {spec!r}")
   numbers = [int(n) for n in numbers]
   return {
     "task": task,
     "length": numbers[0],
     "pairs": numbers[1] if task == "mqar" else 0,
     "vocab": numbers[2] if len(numbers) == 3 else 256,
+    "steps": int(own_steps) if own_steps else steps,
   }
 
 
@@ -123,44 +126,40 @@ def measure(case: dict) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--cases", default="mqar:64:4,mqar:128:8,induction:64,induction:256")
+  parser.add_argument("--cases", default="mqar:32:2:16@2000,mqar:64:4:16@2000,induction:64,induction:256")
   parser.add_argument("--models", default=",".join(MIXERS))
-  parser.add_argument("--steps", type=int, default=800)
+  parser.add_argument("--steps", type=int, default=800, help="training steps of a case without its own @<steps>")
   parser.add_argument("--tokens-per-step", type=int, default=4096)
   args = parser.parse_args()
-  specs = [parse_case(spec) for spec in args.cases.split(",")]
+  specs = [parse_case(spec, args.steps) for spec in args.cases.split(",")]
   models = args.models.split(",")
   # Cases already measured with the same budget are kept from the last results: a run cut short (or one
   # case that failed) is finished by starting the script again.
   path = common.RESULTS / "recall.json"
   previous = json.loads(path.read_text())["rows"] if path.exists() else []
   done = {key(r): r for r in previous if "accuracy" in r and all(k in r for k in CASE_KEYS)}
-  cases = [
-    spec | {"model": model, "steps": args.steps, "tokens_per_step": args.tokens_per_step}
-    for spec in specs
-    for model in models
-  ]
+  cases = [spec | {"model": model, "tokens_per_step": args.tokens_per_step} for spec in specs for model in models]
   rows = [done[key(case)] for case in cases if key(case) in done]
   for case in cases:
     if key(case) in done:
       continue
     rows.append(common.run_case(MODULE, case, timeout=3600))
     print(rows[-1], flush=True)
-    write(rows, specs, models, args.steps, args.tokens_per_step)
-  write(rows, specs, models, args.steps, args.tokens_per_step)
+    write(rows, specs, models, args.tokens_per_step)
+  write(rows, specs, models, args.tokens_per_step)
 
 
 def key(case: dict) -> str:
   return json.dumps({k: case[k] for k in CASE_KEYS})
 
 
-def write(rows: list[dict], specs: list[dict], models: list[str], steps: int, tokens_per_step: int) -> None:
+def write(rows: list[dict], specs: list[dict], models: list[str], tokens_per_step: int) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  by = {(r["task"], r["length"], r["pairs"], r["vocab"], r["model"]): r for r in rows}
+  by = {key(r): r for r in rows}
   names = [
     f"{s['task']} L={s['length']}"
     + (f", {s['pairs']} pairs" if s["pairs"] else "")
@@ -169,18 +168,19 @@ def write(rows: list[dict], specs: list[dict], models: list[str], steps: int, to
   ]
 
   def accuracy(spec: dict, model: str) -> float:
-    row = by.get((spec["task"], spec["length"], spec["pairs"], spec["vocab"], model), {})
+    row = by.get(key(spec | {"model": model, "tokens_per_step": tokens_per_step}), {})
     return 100 * row.get("accuracy", float("nan"))
 
-  table_rows = [[name, *(f"{accuracy(spec, m):.1f}%" for m in models)] for name, spec in zip(names, specs, strict=True)]
-  table = common.markdown_table(["case", *(f"{m} accuracy" for m in models)], table_rows)
+  table_rows = [
+    [name, f"{spec['steps']:,}", *(f"{accuracy(spec, m):.1f}%" for m in models)]
+    for name, spec in zip(names, specs, strict=True)
+  ]
+  table = common.markdown_table(["case", "steps", *(f"{m} accuracy" for m in models)], table_rows)
   table += (
-    f"\n\n2 layers, D=64, {steps} steps of {tokens_per_step:,} tokens, loss on answers only; 512 unseen sequences; "
+    f"\n\n2 layers, D=64, steps of {tokens_per_step:,} tokens, loss on answers only; 512 unseen sequences; "
     f"hybrid_local: wave then sliding-window attention of {WINDOW} positions."
   )
-  common.write_results(
-    "recall", {"machine": common.machine(), "steps": steps, "tokens_per_step": tokens_per_step, "rows": rows}, table
-  )
+  common.write_results("recall", {"machine": common.machine(), "tokens_per_step": tokens_per_step, "rows": rows}, table)
   fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(specs)), 3.8))
   width = 0.8 / len(models)
   for i, model in enumerate(models):

@@ -40,7 +40,7 @@ def test_every_induction_answer_repeats_the_first_copy():
   [("mqar:8:4", "needs L >= 16"), ("mqar:64:4:8", "vocabulary of 10 to 256"), ("mqar:64:4:512", "10 to 256")],
 )
 def test_impossible_mqar_cases_are_refused_by_name(spec, message):
-  case = recall.parse_case(spec)
+  case = recall.parse_case(spec, 800)
   with pytest.raises(ValueError, match=message):
     recall.mqar(np.random.default_rng(0), 1, case["length"], case["pairs"], case["vocab"])
 
@@ -48,4 +48,9 @@ def test_impossible_mqar_cases_are_refused_by_name(spec, message):
 @pytest.mark.parametrize("spec", ["mqar:64", "induction:64:4", "copy:64", "mqar:64:4:64:1"])
 def test_malformed_cases_are_refused(spec):
   with pytest.raises(ValueError, match="a case is"):
-    recall.parse_case(spec)
+    recall.parse_case(spec, 800)
+
+
+def test_a_case_may_name_its_own_steps():
+  assert recall.parse_case("mqar:32:2:16@2000", 800) == dict(task="mqar", length=32, pairs=2, vocab=16, steps=2000)
+  assert recall.parse_case("induction:64", 800) == dict(task="induction", length=64, pairs=0, vocab=256, steps=800)

@@ -40,7 +40,7 @@ def mqar(
   """Windows [B, L + 1] and answer weights [B, L]."""
   if (length + 1 - 2 * pairs) // 2 < pairs:
     raise ValueError(f"mqar with {pairs} pairs needs L >= {4 * pairs}; got {length}")
-  if not pairs < vocab // 2 <= 128:
+  if not (pairs < vocab // 2 and vocab <= 256):  # the byte model's 256 tokens
     raise ValueError(f"mqar with {pairs} pairs needs a vocabulary of {2 * pairs + 2} to 256; got {vocab}")
   tokens = np.zeros((batch, length + 1), np.int32)
   weights = np.zeros((batch, length), np.float32)

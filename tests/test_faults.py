@@ -17,7 +17,7 @@ import pytest
 from helpers import file_digests, read_losses, tiny_config, tiny_corpus
 
 from wavefield_jax import data, train_lib
-from wavefield_jax.checkpointing import Checkpointer, DamagedCheckpointError
+from wavefield_jax.checkpointing import Checkpointer, DamagedCheckpointError, write_text_atomic
 from wavefield_jax.train_lib import train_and_evaluate
 from wavefield_jax.workdir import TrainingError, check_workdir, load_trained
 
@@ -162,7 +162,7 @@ def test_a_read_only_workdir_is_refused_before_training(tmp_path, monkeypatch):
     named_temporary_file = tempfile.NamedTemporaryFile
 
     def read_only(*args, dir=None, **kwargs):
-      if Path(dir) == workdir:
+      if dir is not None and Path(dir) == workdir:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
       return named_temporary_file(*args, dir=dir, **kwargs)
 
@@ -194,6 +194,20 @@ def test_processes_that_check_one_workdir_at_once_all_pass_and_read_a_whole_conf
     thread.join()
   assert not errors, errors[:3]
   assert sorted(p.name for p in workdir.iterdir()) == ["config.json"]
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_partial(tmp_path, monkeypatch):
+  path = tmp_path / "config.json"
+  write_text_atomic(path, "old")
+
+  def full_disk(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(os, "replace", full_disk)
+  with pytest.raises(OSError, match="No space left"):
+    write_text_atomic(path, "new")
+  assert path.read_text() == "old"
+  assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
 
 
 def test_a_workdir_that_is_a_file_is_refused(tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ def test_every_induction_answer_repeats_the_first_copy():
 
 @pytest.mark.parametrize(
   "spec, message",
-  [("mqar:8:4", "needs L >= 16"), ("mqar:64:4:8", "vocabulary of 10 to 256"), ("mqar:64:4:512", "10 to 256")],
+  [("mqar:8:4", "needs L >= 16"), ("mqar:64:4:8", "vocabulary of 10 to 256"), ("mqar:64:4:257", "10 to 256")],
 )
 def test_impossible_mqar_cases_are_refused_by_name(spec, message):
   case = recall.parse_case(spec, 800)

@@ -45,9 +45,14 @@ def _sha256(path: Path) -> str:
 
 def write_text_atomic(path: Path, text: str) -> None:
   """Writes `path` whole or not at all: a reader (another process, a restart after a crash) never sees half."""
-  with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".partial", delete=False) as f:
-    f.write(text)
-  os.replace(f.name, path)
+  partial = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".partial", delete=False)
+  try:
+    with partial:  # a full disk fails here, in write or close
+      partial.write(text)
+    os.replace(partial.name, path)
+  except BaseException:
+    Path(partial.name).unlink(missing_ok=True)  # the old file stays as it was, and no partial is left
+    raise
 
 
 class Checkpointer:

@@ -12,7 +12,9 @@ are scored in full at the end. Results: benchmarks/results/quality_<size>_<steps
                                [--reuse benchmarks/results/quality_default_3000.json]
 
 Models: wave, transformer, hybrid (global attention), hybrid_local<W> (sliding-window attention of W
-positions: bounded decode memory), each with an optional _h<H> for H heads per layer (e.g. wave_h16).
+positions: bounded decode memory), each with optional overrides: _h<H> for H heads per layer (wave_h16),
+_wlr<R> for the wave constants' learning rate (wave_wlr3e-2), _ml<N> for model.max_len, which sets the
+slowest head's initial damping to 1/N (wave_ml4096).
 """
 
 from __future__ import annotations
@@ -40,9 +42,13 @@ CONFIGS = {
   },
   "small": {kind: f"configs/small.py:{kind}" for kind in ("wave", "transformer", "hybrid", "hybrid_local")},
 }
-# A model name is a config kind, the local window after `hybrid_local` and a head count after `_h`:
-# wave, hybrid, hybrid_local32, wave_h16, hybrid_local64_h16.
-MODEL_NAME = re.compile(r"(?P<kind>wave|transformer|hybrid_local(?=\d)|hybrid)(?P<window>\d+)?(?:_h(?P<heads>\d+))?")
+# A model name is a config kind, the local window after `hybrid_local`, then overrides, each a suffix and
+# a value: wave, hybrid_local32, wave_h16, hybrid_local64_h16, wave_wlr3e-2, wave_ml4096.
+OVERRIDE = re.compile(r"_([a-z]+)([0-9.e-]+)")
+MODEL_NAME = re.compile(
+  rf"(?P<kind>wave|transformer|hybrid_local(?=\d)|hybrid)(?P<window>\d+)?(?P<overrides>(?:{OVERRIDE.pattern})*)"
+)
+OVERRIDES = {"h": ("model.num_heads", int), "wlr": ("train.wave_learning_rate", float), "ml": ("model.max_len", int)}
 SIZE_NOTES = {"default": "D=128, 4 layers, 0.96M parameters", "small": "D=64, 2 layers"}
 
 
@@ -56,12 +62,21 @@ def config_flags(size: str, model: str) -> list[str]:
   """The train.py flags that build `model` at `size`: its config file and overrides."""
   match = MODEL_NAME.fullmatch(model)
   if match is None or (match["kind"] == "hybrid_local") != (match["window"] is not None):
-    raise ValueError(f"unknown model {model!r}: wave, transformer, hybrid or hybrid_local<W>, then optional _h<H>")
+    raise ValueError(
+      f"unknown model {model!r}: wave, transformer, hybrid or hybrid_local<W>, then optional _h<H>, _wlr<R>, _ml<N>"
+    )
   flags = [f"--config={CONFIGS[size][match['kind']]}"]
   if match["window"]:
     flags.append(f"--config.model.window={match['window']}")
-  if match["heads"]:
-    flags.append(f"--config.model.num_heads={match['heads']}")
+  for suffix, value in OVERRIDE.findall(match["overrides"]):
+    if suffix not in OVERRIDES:
+      raise ValueError(f"model {model!r}: unknown override _{suffix}; the overrides are {sorted(OVERRIDES)}")
+    key, kind = OVERRIDES[suffix]
+    try:
+      kind(value)
+    except ValueError:
+      raise ValueError(f"model {model!r}: _{suffix} takes {kind.__name__} ({key}); got {value!r}") from None
+    flags.append(f"--config.{key}={value}")
   return flags
 
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import SESSION_SEED
+from jax.test_util import check_grads
 from reference import (
   conv_f64,
   conv_f64_fft,
@@ -199,6 +200,19 @@ def test_gradients_through_constants_match_finite_differences(rng):
             minus[which][head] -= eps
             numeric[key] = (reference_loss(reference, *plus) - reference_loss(reference, *minus)) / (2 * eps)
           assert abs(grad[head] - numeric[key]) <= 1e-5 * max(1.0, abs(numeric[key])), (name, which, head)
+
+
+@pytest.mark.parametrize("method, chunk_size", [("fft", None), ("fft", 16), ("matmul", 16)])
+def test_forward_and_reverse_mode_through_the_constants_to_second_order(rng, method, chunk_size):
+  # Analysing a trained model takes jvp, jacfwd and hessian through the constants, not only grad: every
+  # mode against numerical differences, in float64 (damping as its log, the trained parameter, stays > 0).
+  with jax.enable_x64(True):
+    u, speed, damping, phase = (np.float64(a) for a in random_problem(rng, B=1, L=40, H=2, K=2))
+
+    def conv(speed, log_damping, phase):
+      return wf.wave_conv(u, speed, jnp.exp(log_damping), phase, method=method, chunk_size=chunk_size)
+
+    check_grads(conv, (speed, np.log(damping), phase), order=2, modes=("fwd", "rev"))
 
 
 @pytest.mark.parametrize("method", METHODS)

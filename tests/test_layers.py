@@ -26,8 +26,10 @@ def make_mixer(
   )
 
 
-# The parallel forward by each method, against the recurrence (decode) and the chunked prefill.
-METHODS = [("fft", None), ("matmul", None), ("matmul", 16)]
+# The parallel forward by each method, against the recurrence (decode) and the chunked prefill. The FFT
+# method's cases are slow (every new length compiles its FFTs): `make test-fast` keeps the default method,
+# and test_physics holds both methods in the fast set.
+METHODS = [pytest.param("fft", None, marks=pytest.mark.slow), ("matmul", None), ("matmul", 16)]
 
 
 def decode_token_by_token(mixer, x):

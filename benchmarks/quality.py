@@ -101,10 +101,12 @@ def train(size: str, model: str, seed: int, steps: int) -> float:
 
 
 def score(size: str, model: str, seed: int, steps: int) -> dict:
-  """Full validation and test splits of the shipped corpus, with the run's final checkpoint."""
+  """Full validation and test splits of the shipped corpus, with the run's final checkpoint, and the
+  physical constants its wave layers learned (one row per layer and head; none for a Transformer)."""
   import jax.numpy as jnp
+  from flax import nnx
 
-  from wavefield_jax import data
+  from wavefield_jax import analysis, data
   from wavefield_jax.train_lib import evaluate, make_eval_step
   from wavefield_jax.workdir import load_trained
 
@@ -112,7 +114,8 @@ def score(size: str, model: str, seed: int, steps: int) -> dict:
   corpus = data.tokenize(data.shakespeare_documents(), data.get_tokenizer(config.data.tokenizer), config.data.seq_len)
   eval_step = make_eval_step(graphdef)
   token_bytes = jnp.asarray(corpus.tokenizer.token_bytes)
-  result = {"step": step}
+  wave = "wave" in config.model.mixers
+  result = {"step": step, "constants": analysis.constants_table(nnx.merge(graphdef, params)) if wave else []}
   for split in ("validation", "test"):
     windows, weights = data.eval_windows(corpus.tokens[split], config.data.seq_len)
     result[split] = evaluate(eval_step, params, windows, weights, token_bytes, batch_size=16)["bpb"]

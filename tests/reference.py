@@ -70,3 +70,52 @@ def future_leak(fn, x: np.ndarray) -> float:
   length = x.shape[1]
   future = np.triu(np.ones((length, length), bool), k=1)  # input after output
   return float(per_positions[future].max() / per_positions.max())
+
+
+def selective_field_f64(delta, speed, damping, phase) -> np.ndarray:
+  """[B, H, L, L]: W[b, h, t, s] = (1 - exp(-g d_s)) exp(-g (T_t - T_s)) cos(c (T_t - T_s) + phi) for s <= t,
+  T the float64 cumulative clock, by broadcasting over all pairs."""
+  delta = np.moveaxis(np.asarray(delta, np.float64), 1, -1)  # [B, H, L]
+  c, g, p = (np.asarray(a, np.float64)[None, :, None, None] for a in (speed, damping, phase))
+  clock = np.cumsum(delta, axis=-1)  # [B, H, L]
+  elapsed = clock[..., :, None] - clock[..., None, :]  # [B, H, t, s]
+  weight = (1.0 - np.exp(-g * delta[..., None, :])) * np.exp(-g * elapsed) * np.cos(c * elapsed + p)
+  return np.where(np.tril(np.ones(elapsed.shape[-2:], bool)), weight, 0.0)
+
+
+def selective_f64(u, delta, speed, damping, phase) -> np.ndarray:
+  """y[b, t, h, k] = sum_s W[b, h, t, s] u[b, s, h, k], the O(L^2) sum of the selective wave."""
+  return np.einsum("bhts,bshk->bthk", selective_field_f64(delta, speed, damping, phase), np.asarray(u, np.float64))
+
+
+def selective_recurrence_f64(u, delta, speed, damping, phase) -> tuple[np.ndarray, np.ndarray]:
+  """The selective recurrence in complex128, one position at a time: (y [B, L, H, K], final state [B, H, K])."""
+  u, delta = np.asarray(u, np.float64), np.asarray(delta, np.float64)
+  c, g, p = (np.asarray(a, np.float64)[None, :, None] for a in (speed, damping, phase))
+  state = np.zeros((u.shape[0], u.shape[2], u.shape[3]), np.complex128)
+  y = np.empty_like(u)
+  for t in range(u.shape[1]):
+    step = delta[:, t, :, None]  # [B, H, 1]
+    state = np.exp((-g + 1j * c) * step) * state + (1.0 - np.exp(-g * step)) * u[:, t]
+    y[:, t] = np.real(np.exp(1j * p) * state)
+  return y, state
+
+
+def retention_f64(q, k, v, speed, damping, phase) -> np.ndarray:
+  """y[b, t, h] = sum_{s <= t} k_h(t - s) (q_t . k_s) v_s, the O(L^2) sum with the float64 field."""
+  field = field_f64(speed, damping, phase, np.shape(q)[1])  # [H, L, L]
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  return np.einsum("hts,bthk,bshk,bshv->bthv", field, q, k, v)
+
+
+def retention_recurrence_f64(q, k, v, speed, damping, phase) -> tuple[np.ndarray, np.ndarray]:
+  """The retention recurrence in complex128: S = lambda S + k v^T, y = norm Re(e^{i phi} q^T S)."""
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  c, g, p = (np.asarray(a, np.float64)[None, :, None, None] for a in (speed, damping, phase))
+  state = np.zeros((q.shape[0], q.shape[2], q.shape[3], v.shape[3]), np.complex128)
+  y = np.empty((*q.shape[:3], v.shape[3]))
+  for t in range(q.shape[1]):
+    state = np.exp(-g + 1j * c) * state + k[:, t, :, :, None] * v[:, t, :, None, :]
+    read = np.einsum("bhk,bhkv->bhv", q[:, t], state)
+    y[:, t] = (1.0 - np.exp(-g[..., 0])) * np.real(np.exp(1j * p[..., 0]) * read)
+  return y, state

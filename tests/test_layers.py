@@ -184,3 +184,73 @@ def test_local_cache_does_not_grow_with_the_context():
   short, long = mixer.init_cache(1, 1024), mixer.init_cache(1, 65536)
   assert jax.tree.map(jnp.shape, short) == jax.tree.map(jnp.shape, long)
   assert short["k"].shape == (1, 16, 4, 8)
+
+
+# The selective and content-addressed wave mixers (docs/design.md, section 7): the same three calls as the
+# wave mixer, across many chunks of 8 and a length that is not a multiple of them.
+NEW_MIXERS = {"selective": layers.SelectiveWaveMixer, "retention": layers.RetentionMixer}
+
+
+def make_new_mixer(kind: str, seed: int, dim=32, heads=4, chunk_size=8, **kwargs):
+  return NEW_MIXERS[kind](dim, heads, max_len=256, chunk_size=chunk_size, rngs=nnx.Rngs(seed), **kwargs)
+
+
+@pytest.mark.parametrize("kind", NEW_MIXERS)
+def test_new_mixers_decode_and_prefill_equal_the_forward(rng, kind):
+  mixer = make_new_mixer(kind, int(rng.integers(1 << 30)))
+  x = rng.standard_normal((2, 61, 32)).astype(np.float32)
+  parallel = nnx.jit(lambda m, x: m(x))(mixer, x)
+  stepped, _ = decode_token_by_token(mixer, x)
+  assert relative_error(stepped, parallel) < 1e-4
+  prefill = nnx.jit(lambda m, x, c: m.prefill(x, c))
+  first, cache = prefill(mixer, x[:, :29], mixer.init_cache(2))
+  second, _ = prefill(mixer, x[:, 29:], cache)
+  assert relative_error(jnp.concatenate([first, second], axis=1), parallel) < 1e-4
+
+
+@pytest.mark.parametrize("kind", NEW_MIXERS)
+def test_new_mixers_are_causal(rng, kind):
+  mixer = make_new_mixer(kind, int(rng.integers(1 << 30)), dim=16, heads=2, chunk_size=4)
+  x = rng.standard_normal((1, 18, 16)).astype(np.float32)
+  assert future_leak(nnx.jit(lambda v: mixer(v)), x) < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", NEW_MIXERS)
+def test_new_mixers_keep_three_constants_per_head_and_a_bounded_cache(kind):
+  mixer = make_new_mixer(kind, 0, dim=48, heads=6)
+  assert sum(c.size for c in jax.tree.leaves(nnx.state(mixer, wf.WaveParam))) == 3 * 6
+  small, large = (jax.tree.map(jnp.shape, mixer.init_cache(2, n)) for n in (1024, 65536))
+  assert small == large
+
+
+@pytest.mark.slow
+def test_selective_mixer_starts_as_the_wave_mixer(rng):
+  seed = int(rng.integers(1 << 30))
+  wave, selective = make_mixer(seed), make_new_mixer("selective", seed, chunk_size=None)
+  x = rng.standard_normal((2, 50, 32)).astype(np.float32)
+  delta = np.asarray(selective.clock_steps(x))
+  assert np.all((delta > 0.8) & (delta < 1.25))  # about one step per token at initialisation
+  selective.clock.kernel[...] = jnp.zeros_like(selective.clock.kernel[...])  # exactly one step per token
+  np.testing.assert_allclose(np.asarray(selective.clock_steps(x)), 1.0, rtol=1e-6)
+  assert relative_error(selective(x), wave(x)) < 1e-5
+
+
+@pytest.mark.slow
+def test_selective_mixer_gradients_reach_the_constants_and_the_clock(rng):
+  mixer = make_new_mixer("selective", int(rng.integers(1 << 30)))
+  x = rng.standard_normal((2, 40, 32)).astype(np.float32)
+  grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(mixer)
+  for value in (grads.speed_raw, grads.damping_log, grads.phase, grads.clock.kernel, grads.clock.bias):
+    g = np.asarray(value[...])
+    assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
+
+
+@pytest.mark.slow
+def test_retention_output_scale_does_not_grow_with_the_matches(rng):
+  # The per-head norm: the same sources repeated 1x or 8x along the sequence give outputs of one scale.
+  mixer = make_new_mixer("retention", int(rng.integers(1 << 30)))
+  x = rng.standard_normal((1, 8, 32)).astype(np.float32)
+  once, many = mixer(x), mixer(np.tile(x, (1, 8, 1)))
+  ratio = float(jnp.sqrt(jnp.mean(many[:, -8:] ** 2) / jnp.mean(once**2)))
+  assert 0.5 < ratio < 2.0

@@ -16,6 +16,10 @@ from reference import (
   random_constants,
   random_problem,
   relative_error,
+  retention_f64,
+  retention_recurrence_f64,
+  selective_f64,
+  selective_recurrence_f64,
 )
 
 import wavefield_jax as wf
@@ -296,3 +300,163 @@ def test_bad_length_and_chunk_size(rng):
     wf.wave_conv(u, speed, damping, phase, method="fast")
   with pytest.raises(ValueError, match="initial_state must have shape"):
     wf.wave_scan(u, speed, damping, phase, initial_state=np.zeros((1, 2, 3), np.complex64))
+
+
+# The selective wave and the content-addressed wave (docs/design.md, section 7). Compiled once per shape:
+# op by op, their many small einsums take seconds per call.
+selective_chunked = jax.jit(physics.selective_conv_chunked, static_argnums=5)
+retention_chunked = jax.jit(physics.retention_chunked, static_argnums=6)
+
+
+def random_clock(rng: np.random.Generator, B: int, L: int, H: int) -> np.ndarray:
+  """Clock steps spread over two decades, some near 0 (the field held still) and some large (flushed)."""
+  return np.exp(rng.uniform(np.log(0.02), np.log(4.0), (B, L, H))).astype(np.float32)
+
+
+def random_retention(rng: np.random.Generator, B: int, L: int, H: int, K: int, V: int):
+  q, k = (rng.standard_normal((B, L, H, K)).astype(np.float32) / K**0.25 for _ in range(2))
+  return q, k, rng.standard_normal((B, L, H, V)).astype(np.float32), *random_constants(rng, H)
+
+
+@pytest.mark.parametrize("length, chunk_size", [(1, 32), (7, 4), (64, 16), (100, 32), (129, 64)])
+def test_selective_matches_its_quadratic_field(rng, length, chunk_size):
+  u, speed, damping, phase = random_problem(rng, B=2, L=length, H=3, K=4)
+  delta = random_clock(rng, 2, length, 3)
+  y, _ = selective_chunked(u, delta, speed, damping, phase, chunk_size)
+  assert relative_error(y, selective_f64(u, delta, speed, damping, phase)) < 2e-5
+
+
+def test_selective_at_unit_clock_is_the_wave(rng):
+  u, speed, damping, phase = random_problem(rng, B=2, L=90, H=3, K=2)
+  y, _ = selective_chunked(u, np.ones(u.shape[:3], np.float32), speed, damping, phase, 16)
+  assert relative_error(y, conv_f64(u, speed, damping, phase)) < 2e-5
+
+
+@pytest.mark.parametrize("chunk_size", [pytest.param(1, marks=pytest.mark.slow), 8, 50])
+def test_selective_chunks_scan_and_state_agree(rng, chunk_size):
+  u, speed, damping, phase = random_problem(rng, B=2, L=75, H=3, K=2)
+  delta = random_clock(rng, 2, 75, 3)
+  y, state = selective_chunked(u, delta, speed, damping, phase, chunk_size)
+  want_y, want_state = selective_recurrence_f64(u, delta, speed, damping, phase)
+  assert relative_error(y, want_y) < 2e-5
+  assert relative_error(state, want_state) < 2e-5
+  assert relative_error(jax.jit(physics.selective_scan)(u, delta, speed, damping, phase), want_y) < 2e-5
+  # A prompt in two pieces, the second started from the first's state, gives the whole.
+  first_y, first_state = selective_chunked(u[:, :31], delta[:, :31], speed, damping, phase, chunk_size)
+  rest_y, rest_state = selective_chunked(
+    u[:, 31:], delta[:, 31:], speed, damping, phase, chunk_size, initial_state=first_state
+  )
+  assert relative_error(np.concatenate([first_y, rest_y], 1), want_y) < 2e-5
+  assert relative_error(rest_state, want_state) < 2e-5
+
+
+def test_selective_long_lived_heads_over_thousands_of_chunks(rng):
+  u, speed, damping, phase = random_problem(rng, B=1, L=16384, H=3, K=2)
+  damping[:] = [1e-5, 1e-4, 3e-3]  # memory across the whole sequence
+  delta = random_clock(rng, 1, 16384, 3)
+  y, state = selective_chunked(u, delta, speed, damping, phase, 8)  # 2048 chunks
+  want_y, want_state = selective_recurrence_f64(u, delta, speed, damping, phase)
+  assert relative_error(y, want_y) < 2e-4
+  assert relative_error(state, want_state) < 2e-4
+
+
+@pytest.mark.parametrize("length, chunk_size", [(1, 64), (7, 4), (64, 16), (100, 32)])
+def test_retention_matches_its_quadratic_sum(rng, length, chunk_size):
+  q, k, v, speed, damping, phase = random_retention(rng, B=2, L=length, H=3, K=4, V=5)
+  y, _ = retention_chunked(q, k, v, speed, damping, phase, chunk_size)
+  assert relative_error(y, retention_f64(q, k, v, speed, damping, phase)) < 2e-5
+
+
+@pytest.mark.parametrize("chunk_size", [pytest.param(1, marks=pytest.mark.slow), 8, 50])
+def test_retention_chunks_steps_and_state_agree(rng, chunk_size):
+  q, k, v, speed, damping, phase = random_retention(rng, B=2, L=75, H=3, K=4, V=3)
+  y, state = retention_chunked(q, k, v, speed, damping, phase, chunk_size)
+  want_y, want_state = retention_recurrence_f64(q, k, v, speed, damping, phase)
+  assert relative_error(y, want_y) < 2e-5
+  assert relative_error(state, want_state) < 2e-5
+  step = jax.jit(physics.retention_step)
+  running, steps = jnp.zeros(want_state.shape, jnp.complex64), []
+  for t in range(75):
+    y_t, running = step(running, q[:, t], k[:, t], v[:, t], speed, damping, phase)
+    steps.append(y_t)
+  assert relative_error(np.stack(steps, 1), want_y) < 2e-5
+  first_y, first_state = retention_chunked(q[:, :31], k[:, :31], v[:, :31], speed, damping, phase, chunk_size)
+  rest_y, _ = retention_chunked(
+    q[:, 31:], k[:, 31:], v[:, 31:], speed, damping, phase, chunk_size, initial_state=first_state
+  )
+  assert relative_error(np.concatenate([first_y, rest_y], 1), want_y) < 2e-5
+
+
+def test_retention_long_lived_heads_over_thousands_of_chunks(rng):
+  q, k, v, speed, damping, phase = random_retention(rng, B=1, L=8192, H=2, K=2, V=2)
+  damping[:] = [1e-5, 2e-3]
+  y, state = retention_chunked(q, k, v, speed, damping, phase, 4)  # 2048 chunks
+  want_y, want_state = retention_recurrence_f64(q, k, v, speed, damping, phase)
+  assert relative_error(y, want_y) < 2e-4
+  assert relative_error(state, want_state) < 2e-4
+
+
+def test_selective_and_retention_never_depend_on_the_future(rng):
+  _, speed, damping, phase = random_problem(rng, B=1, L=1, H=2, K=2)
+  damping[:] = [1e-3, 0.05]
+  x = rng.standard_normal((1, 24, 2, 4)).astype(np.float32)
+
+  def selective(x):  # the clock and the source both come from x: neither may carry the future back
+    delta = jax.nn.softplus(x[..., 0])
+    return selective_chunked(x[..., 1:3], delta, speed, damping, phase, 5)[0]
+
+  def retention(x):
+    return retention_chunked(x[..., :2], x[..., 2:], x, speed, damping, phase, 5)[0]
+
+  assert future_leak(selective, x) < 1e-6
+  assert future_leak(retention, x) < 1e-6
+
+
+@pytest.mark.slow
+def test_selective_and_retention_gradients_to_second_order(rng):
+  with jax.enable_x64(True):
+    u, speed, damping, phase = (np.float64(a) for a in random_problem(rng, B=1, L=20, H=2, K=2))
+    delta = np.float64(random_clock(rng, 1, 20, 2))
+    q, k, v = (rng.standard_normal((1, 20, 2, 2)) for _ in range(3))
+
+    @jax.jit
+    def selective(delta, speed, log_damping, phase):
+      return selective_chunked(u, delta, speed, jnp.exp(log_damping), phase, 6)[0]
+
+    @jax.jit
+    def retention(q, speed, log_damping, phase):
+      return retention_chunked(q, k, v, speed, jnp.exp(log_damping), phase, 6)[0]
+
+    check_grads(selective, (delta, speed, np.log(damping), phase), order=2, modes=("fwd", "rev"), eps=1e-6)
+    check_grads(retention, (q, speed, np.log(damping), phase), order=2, modes=("fwd", "rev"), eps=1e-6)
+
+
+def test_selective_and_retention_bfloat16_in_bfloat16_out(rng):
+  u, speed, damping, phase = random_problem(rng, B=1, L=50, H=2, K=4)
+  delta = random_clock(rng, 1, 50, 2)
+  y, _ = selective_chunked(jnp.asarray(u, jnp.bfloat16), delta, speed, damping, phase, 16)
+  assert y.dtype == jnp.bfloat16
+  assert relative_error(np.float32(y), selective_f64(u, delta, speed, damping, phase)) < 2e-2
+  q, k, v, *_ = random_retention(rng, B=1, L=50, H=2, K=4, V=4)
+  y, _ = retention_chunked(*(jnp.asarray(a, jnp.bfloat16) for a in (q, k, v)), speed, damping, phase, 16)
+  assert y.dtype == jnp.bfloat16
+  assert relative_error(np.float32(y), retention_f64(q, k, v, speed, damping, phase)) < 3e-2
+
+
+def test_selective_and_retention_bad_input_names_the_argument(rng):
+  u, speed, damping, phase = random_problem(rng, B=2, L=10, H=3, K=4)
+  delta = random_clock(rng, 2, 10, 3)
+  with pytest.raises(ValueError, match="delta must have shape"):
+    physics.selective_conv_chunked(u, delta[:, :, :2], speed, damping, phase)
+  backwards = delta.copy()
+  backwards[1, 4, 2] = -1.0
+  with pytest.raises(ValueError, match="delta must be finite and >= 0.*at \\[b, t, h\\] = \\(1, 4, 2\\)"):
+    physics.selective_conv_chunked(u, backwards, speed, damping, phase)
+  with pytest.raises(ValueError, match="damping must be finite and > 0"):
+    physics.selective_step(jnp.zeros((2, 3, 4), jnp.complex64), u[:, 0], delta[:, 0], speed, -damping, phase)
+  with pytest.raises(ValueError, match="q and k must have one shape"):
+    physics.retention_chunked(u, u[..., :2], u, speed, damping, phase)
+  with pytest.raises(ValueError, match="initial_state must have shape \\[B, H, K, V\\]"):
+    physics.retention_chunked(u, u, u, speed, damping, phase, initial_state=jnp.zeros((2, 3, 4), jnp.complex64))
+  with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+    physics.retention_chunked(u, u, u, speed, damping, phase, chunk_size=0)

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import conv_f64, random_problem, relative_error
+from reference import conv_f64, random_problem, relative_error, retention_f64, selective_f64
 
 import wavefield_jax as wf
 from wavefield_jax import parallel, sharding
@@ -128,3 +128,17 @@ def test_physics_functions_run_under_pmap(rng):
   for fn in (wf.wave_conv, wf.wave_scan):
     mapped = jax.pmap(fn, in_axes=(0, None, None, None))(shards, speed, damping, phase)
     assert relative_error(np.asarray(mapped).reshape(u.shape), fn(u, speed, damping, phase)) < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data, seq", [(2, 4), (1, 8)])
+def test_sequence_parallel_selective_and_retention_equal_single_device(rng, data, seq):
+  mesh = sharding.make_mesh(data, seq)
+  u, speed, damping, phase = random_problem(rng, B=4, L=96, H=3, K=2)
+  damping[0] = 1e-3
+  delta = np.exp(rng.uniform(-3, 1, u.shape[:3])).astype(np.float32)
+  got = jax.jit(lambda *a: parallel.sharded_selective_conv(*a, mesh, chunk_size=5))(u, delta, speed, damping, phase)
+  assert relative_error(got, selective_f64(u, delta, speed, damping, phase)) < 1e-4
+  q, k = (rng.standard_normal(u.shape).astype(np.float32) for _ in range(2))
+  got = jax.jit(lambda *a: parallel.sharded_retention(*a, mesh, chunk_size=5))(q, k, u, speed, damping, phase)
+  assert relative_error(got, retention_f64(q, k, u, speed, damping, phase)) < 1e-4

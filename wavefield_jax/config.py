@@ -8,7 +8,7 @@ import ml_collections
 
 from wavefield_jax.physics import METHODS as WAVE_METHODS
 
-MIXERS = ("wave", "attention", "local")
+MIXERS = ("wave", "selective", "retention", "attention", "local")
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
 
@@ -21,12 +21,14 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     dim: model width D.
     num_layers: number of blocks.
     num_heads: heads per mixer; D / num_heads channels each.
-    mixers: one of "wave" / "attention" / "local" (sliding-window attention) per layer; a mix is a hybrid.
+    mixers: one mixer per layer, a mix is a hybrid: "wave" (the damped wave field), "selective" (the wave on a
+      data-dependent clock), "retention" (the wave weighting the query-key match), "attention" or "local"
+      (sliding-window attention).
     mlp_dim: hidden width of the gated MLP.
     conv_width: width of the wave mixer's short causal conv.
     max_len: the training context; it sets the slowest initial damping (1 / max_len).
     wave_method: how wave layers convolve, "auto", "fft" or "matmul" (the same result; see physics.wave_conv).
-    wave_chunk_size: positions per chunk of the wave convolution; None for the method's default.
+    wave_chunk_size: positions per chunk of the wave, selective and retention layers; None for each one's default.
     dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
     attention_impl: None, "xla" or "cudnn" for jax.nn.dot_product_attention.
     window: positions each "local" layer attends to, itself included (its decode cache holds as many).

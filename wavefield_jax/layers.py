@@ -145,12 +145,12 @@ class WaveFieldMixer(nnx.Module):
     }
 
   def _sources(self, x: jax.Array, history: jax.Array | None) -> tuple[jax.Array, ...]:
-    """Projections and short conv: q [B, L, H, K], u = k*v [B, L, H, K], gate [B, L, D], pre-conv qkv."""
+    """Projections and short conv: q, k, v [B, L, H, K], gate [B, L, D], and the pre-conv qkv [B, L, 3D]."""
     batch, length, _ = x.shape
     qkv, gate = jnp.split(self.in_proj(x), [3 * self.dim], axis=-1)  # [B, L, 3D], [B, L, D]
     mixed = causal_depthwise_conv(qkv, self.conv_kernel[...].astype(qkv.dtype), history)
     q, k, v = (a.reshape(batch, length, self.num_heads, -1) for a in jnp.split(mixed, 3, axis=-1))
-    return q, k * v, gate, qkv
+    return q, k, v, gate, qkv
 
   def _readout(self, q: jax.Array, y: jax.Array, gate: jax.Array) -> jax.Array:
     z = (q * y.astype(q.dtype)).reshape(gate.shape)  # [B, L, D]
@@ -158,7 +158,8 @@ class WaveFieldMixer(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """[B, L, D] -> [B, L, D], the parallel convolution (sharded over the mesh if the mixer has one)."""
-    q, u, gate, _ = self._sources(x, None)
+    q, k, v, gate, _ = self._sources(x, None)
+    u = k * v  # [B, L, H, K]
     if self.mesh is None:
       y = physics.wave_conv(u, *self.constants(), method=self.method, chunk_size=self.chunk_size)
     else:
@@ -170,17 +171,110 @@ class WaveFieldMixer(nnx.Module):
     if cache is None:
       cache = self.init_cache(x.shape[0])
     speed, damping, phase = self.constants()
-    q, u, gate, qkv = self._sources(x, cache["conv"])
+    q, k, v, gate, qkv = self._sources(x, cache["conv"])
     y, state = physics.wave_conv_chunked(
-      u, speed, damping, phase, self.chunk_size, initial_state=cache["wave"], method=self.method
+      k * v, speed, damping, phase, self.chunk_size, initial_state=cache["wave"], method=self.method
     )
     return self._readout(q, y, gate), {"conv": conv_history(qkv, cache["conv"]), "wave": state}
 
   def step(self, x_t: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
     """One token [B, D] through the recurrence: O(1) in the context length."""
     speed, damping, phase = self.constants()
-    q, u, gate, qkv = self._sources(x_t[:, None], cache["conv"])  # L = 1
-    state, y_t = physics.wave_step(cache["wave"], u[:, 0], speed, damping, phase)
+    q, k, v, gate, qkv = self._sources(x_t[:, None], cache["conv"])  # L = 1
+    state, y_t = physics.wave_step(cache["wave"], k[:, 0] * v[:, 0], speed, damping, phase)
+    return self._readout(q, y_t[:, None], gate)[:, 0], {"conv": conv_history(qkv, cache["conv"]), "wave": state}
+
+
+class SelectiveWaveMixer(WaveFieldMixer):
+  """The wave mixer on a data-dependent clock (docs/design.md, section 7): the same sources, constants and
+  gate, but each head's field advances by delta_t = softplus(w_h . x_t + b_h) per token instead of 1, so a
+  token can hold the field still (delta near 0) or flush it (delta large). b_h starts where delta = 1, w_h
+  small: at initialisation it is the wave mixer. Computed by `physics.selective_conv_chunked`.
+  """
+
+  def __init__(self, dim: int, num_heads: int, *, max_len: int, rngs: nnx.Rngs, **kwargs):
+    super().__init__(dim, num_heads, max_len=max_len, rngs=rngs, **kwargs)
+    self.chunk_size = self.chunk_size or physics.SELECTIVE_CHUNK
+    small = nnx.initializers.normal(0.1 / math.sqrt(dim))
+    unit_step = nnx.initializers.constant(float(inverse_softplus(jnp.float32(1.0))))
+    self.clock = nnx.Linear(dim, num_heads, kernel_init=small, bias_init=unit_step, dtype=self.dtype, rngs=rngs)
+
+  def clock_steps(self, x: jax.Array) -> jax.Array:
+    """delta [B, L, H] float32 > 0 for the mixer's input x [B, L, D]."""
+    return jax.nn.softplus(self.clock(x).astype(jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    q, k, v, gate, _ = self._sources(x, None)
+    delta = self.clock_steps(x)  # [B, L, H]
+    if self.mesh is None:
+      y, _ = physics.selective_conv_chunked(k * v, delta, *self.constants(), self.chunk_size)
+    else:
+      y = parallel.sharded_selective_conv(k * v, delta, *self.constants(), self.mesh, chunk_size=self.chunk_size)
+    return self._readout(q, y, gate)
+
+  def prefill(self, x: jax.Array, cache: Cache | None = None) -> tuple[jax.Array, Cache]:
+    if cache is None:
+      cache = self.init_cache(x.shape[0])
+    q, k, v, gate, qkv = self._sources(x, cache["conv"])
+    y, state = physics.selective_conv_chunked(
+      k * v, self.clock_steps(x), *self.constants(), self.chunk_size, initial_state=cache["wave"]
+    )
+    return self._readout(q, y, gate), {"conv": conv_history(qkv, cache["conv"]), "wave": state}
+
+  def step(self, x_t: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+    q, k, v, gate, qkv = self._sources(x_t[:, None], cache["conv"])  # L = 1
+    delta_t = self.clock_steps(x_t[:, None])[:, 0]  # [B, H]
+    y_t, state = physics.selective_step(cache["wave"], k[:, 0] * v[:, 0], delta_t, *self.constants())
+    return self._readout(q, y_t[:, None], gate)[:, 0], {"conv": conv_history(qkv, cache["conv"]), "wave": state}
+
+
+class RetentionMixer(WaveFieldMixer):
+  """The content-addressed wave (docs/design.md, section 7): y_t = sum_s k_h(t - s) (q_t . k_s) v_s, the
+  damped wave of each head's three constants weighting the query-key match, then a per-head RMS norm (the
+  output's scale no longer depends on how many sources matched) and the gate. The decode cache is one
+  [K, K] complex state per head: O(1) in the context length. Computed by `physics.retention_chunked`.
+  """
+
+  def __init__(self, dim: int, num_heads: int, *, max_len: int, rngs: nnx.Rngs, **kwargs):
+    super().__init__(dim, num_heads, max_len=max_len, rngs=rngs, **kwargs)
+    self.chunk_size = self.chunk_size or physics.RETENTION_CHUNK
+    self.head_norm = nnx.RMSNorm(dim // num_heads, dtype=self.dtype, rngs=rngs)
+
+  def init_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
+    """The short-conv buffer and a [K, K] complex state per head; neither grows with `max_len`."""
+    del max_len
+    head_dim = self.dim // self.num_heads
+    return {
+      "conv": jnp.zeros((batch_size, self.conv_width - 1, 3 * self.dim), self.dtype),
+      "wave": jnp.zeros((batch_size, self.num_heads, head_dim, head_dim), jnp.complex64),
+    }
+
+  def _queries_keys(self, x: jax.Array, history: jax.Array | None) -> tuple[jax.Array, ...]:
+    q, k, v, gate, qkv = self._sources(x, history)
+    return q, k / math.sqrt(k.shape[-1]), v, gate, qkv  # scores q . k / sqrt(K), as attention's
+
+  def _readout(self, q: jax.Array, y: jax.Array, gate: jax.Array) -> jax.Array:
+    del q  # the queries have been read already, in the match
+    return self.output(self.head_norm(y.astype(gate.dtype)).reshape(gate.shape), gate)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    q, k, v, gate, _ = self._queries_keys(x, None)
+    if self.mesh is None:
+      y, _ = physics.retention_chunked(q, k, v, *self.constants(), self.chunk_size)
+    else:
+      y = parallel.sharded_retention(q, k, v, *self.constants(), self.mesh, chunk_size=self.chunk_size)
+    return self._readout(q, y, gate)
+
+  def prefill(self, x: jax.Array, cache: Cache | None = None) -> tuple[jax.Array, Cache]:
+    if cache is None:
+      cache = self.init_cache(x.shape[0])
+    q, k, v, gate, qkv = self._queries_keys(x, cache["conv"])
+    y, state = physics.retention_chunked(q, k, v, *self.constants(), self.chunk_size, initial_state=cache["wave"])
+    return self._readout(q, y, gate), {"conv": conv_history(qkv, cache["conv"]), "wave": state}
+
+  def step(self, x_t: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+    q, k, v, gate, qkv = self._queries_keys(x_t[:, None], cache["conv"])  # L = 1
+    y_t, state = physics.retention_step(cache["wave"], q[:, 0], k[:, 0], v[:, 0], *self.constants())
     return self._readout(q, y_t[:, None], gate)[:, 0], {"conv": conv_history(qkv, cache["conv"]), "wave": state}
 
 

@@ -44,28 +44,102 @@ def sharded_wave_conv(
   Returns:
     [B, L, H, K] sharded like u.
   """
-  batch, length = u.shape[:2]
+  shard_length = _check_split(u, mesh)
+
+  def local(u_local, speed, damping, phase):
+    # y: [B/d, L/s, H, K], end_state: [B/d, H, K]
+    y, end_state = physics.wave_conv_chunked(u_local, speed, damping, phase, chunk_size, method=method)
+    if mesh.shape[SEQ] == 1:
+      return y
+    hop = physics.state_decay(speed, damping, shard_length)[None, :, None]  # [1, H, 1]
+    entering = _entering_state(end_state, hop, mesh.shape[SEQ])
+    return y + physics.state_response(entering, speed, damping, phase, shard_length).astype(y.dtype)
+
+  return _map(local, mesh, 1)(u, speed, damping, phase)
+
+
+def sharded_selective_conv(
+  u: jax.Array,
+  delta: jax.Array,
+  speed: jax.Array,
+  damping: jax.Array,
+  phase: jax.Array,
+  mesh: Mesh,
+  *,
+  chunk_size: int = physics.SELECTIVE_CHUNK,
+) -> jax.Array:
+  """`physics.selective_conv_chunked` with u [B, L, H, K] and delta [B, L, H] split like `sharded_wave_conv`.
+
+  Each device passes on its end state; the hop across a shard is the decay over the shard's own clock."""
+  _check_split(u, mesh)
+
+  def local(u_local, delta_local, speed, damping, phase):
+    y, end_state = physics.selective_conv_chunked(u_local, delta_local, speed, damping, phase, chunk_size)
+    if mesh.shape[SEQ] == 1:
+      return y
+    hop = physics.selective_decay(delta_local, speed, damping)[..., None]  # [B/d, H, 1]
+    entering = _entering_state(end_state, hop, mesh.shape[SEQ])
+    # The second pass from the entering state repeats only the state part: XLA drops the first pass's y.
+    return physics.selective_conv_chunked(u_local, delta_local, speed, damping, phase, chunk_size, entering)[0]
+
+  return _map(local, mesh, 2)(u, delta, speed, damping, phase)
+
+
+def sharded_retention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  speed: jax.Array,
+  damping: jax.Array,
+  phase: jax.Array,
+  mesh: Mesh,
+  *,
+  chunk_size: int = physics.RETENTION_CHUNK,
+) -> jax.Array:
+  """`physics.retention_chunked` with q, k, v [B, L, H, .] split like `sharded_wave_conv`; the [B, H, K, V]
+  state is what passes between devices."""
+  shard_length = _check_split(q, mesh)
+
+  def local(q, k, v, speed, damping, phase):
+    y, end_state = physics.retention_chunked(q, k, v, speed, damping, phase, chunk_size)
+    if mesh.shape[SEQ] == 1:
+      return y
+    hop = physics.state_decay(speed, damping, shard_length)[None, :, None, None]  # [1, H, 1, 1]
+    entering = _entering_state(end_state, hop, mesh.shape[SEQ])
+    return physics.retention_chunked(q, k, v, speed, damping, phase, chunk_size, entering)[0]
+
+  return _map(local, mesh, 3)(q, k, v, speed, damping, phase)
+
+
+def _check_split(x: jax.Array, mesh: Mesh) -> int:
+  """Positions per device for x [B, L, ...] on the mesh; names the axis that does not divide."""
+  batch, length = x.shape[:2]
   devices_seq, devices_data = mesh.shape[SEQ], mesh.shape[DATA]
   if length % devices_seq:
     raise ValueError(f"sequence length {length} must be divisible by the mesh's seq axis ({devices_seq})")
   if batch % devices_data:
     raise ValueError(f"batch {batch} must be divisible by the mesh's data axis ({devices_data})")
-  shard_length = length // devices_seq
+  return length // devices_seq
+
+
+def _entering_state(end_state: jax.Array, hop: jax.Array, devices_seq: int) -> jax.Array:
+  """The state entering this device's shard: each of seq - 1 hops carries the exact state one device on.
+
+  Args:
+    end_state: this device's state after its shard from a zero start.
+    hop: what a state becomes across one shard, broadcastable to end_state.
+  """
   to_next = [(i, i + 1) for i in range(devices_seq - 1)]
+  entering = jnp.zeros_like(end_state)
+  for _ in range(devices_seq - 1):
+    entering = jax.lax.ppermute(hop * entering + end_state, SEQ, to_next)
+  return entering
 
-  def local(u_local, speed, damping, phase):
-    # y: [B/d, L/s, H, K], end_state: [B/d, H, K]
-    y, end_state = physics.wave_conv_chunked(u_local, speed, damping, phase, chunk_size, method=method)
-    if devices_seq == 1:
-      return y
-    hop = physics.state_decay(speed, damping, shard_length)[None, :, None]  # [1, H, 1]
-    entering = jnp.zeros_like(end_state)
-    for _ in range(devices_seq - 1):  # each hop carries the exact state one device further
-      entering = jax.lax.ppermute(hop * entering + end_state, SEQ, to_next)
-    return y + physics.state_response(entering, speed, damping, phase, shard_length).astype(y.dtype)
 
+def _map(local, mesh: Mesh, num_sequences: int):
+  """shard_map of local(*sequences, speed, damping, phase): sequences split (data, seq), constants whole."""
   spec = P(DATA, SEQ)
-  # check_vma=False: the zero states created inside `local` are per-device values, as the scan in
-  # physics.wave_conv_chunked expects; the varying-axes type check cannot see that.
-  mapped = jax.shard_map(local, mesh=mesh, in_specs=(spec, P(), P(), P()), out_specs=spec, check_vma=False)
-  return mapped(u, speed, damping, phase)
+  # check_vma=False: the zero states created inside `local` are per-device values, as the scans in
+  # physics expect; the varying-axes type check cannot see that.
+  in_specs = (spec,) * num_sequences + (P(), P(), P())
+  return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=False)

@@ -4,33 +4,48 @@
                  of L tokens; later each key is asked once at a random position and the next token must be
                  its value. mqar:64:4 is the Zoology smoke setting.
   induction:L    a random sequence of L/2 tokens, then the same sequence again: the second half is copied.
+  copy:L:N[:V]   selective copying (the Mamba paper's task): N data tokens (1..V-2) scattered among blanks (0)
+                 over the first L - N positions, then a marker (V-1), then the N tokens again in order, each
+                 predicted from the ones before it. copy:256:16:16 is the paper's setting.
   ...@N          trains that case for N steps instead of --steps (e.g. mqar:32:2:16@2000).
 
-Each model (2 layers, D=64, 4 heads: wave-wave, attention-attention, wave-attention, wave-local with a
-window of 64) is trained on fresh random sequences with the loss on the answers only, then scored on 512
-unseen sequences: accuracy is the fraction of answers whose argmax is right. Same steps, batch and
-learning rate for every model.
+Each model (2 layers, D=64, 4 heads; the names say the mixers, bottom first: wave-wave, attention-attention,
+wave-attention, wave-local with a window of 64, and the selective and retention forms alone and under the
+window) is trained on fresh random sequences with the loss on the answers only, then scored on 512 unseen
+sequences: accuracy is the fraction of answers whose argmax is right. Same steps and batch for every
+model; each model at the best of the learning rates given (recurrent models solve recall in a narrow window
+of rates).
 
-  python -m benchmarks.recall [--cases mqar:32:2:16@2000,induction:64,induction:256] [--steps 800]
+  python -m benchmarks.recall [--cases mqar:32:2:16@2000,induction:64,copy:256:16:16] [--steps 800]
+                              [--models wave,selective] [--learning-rates 1e-3,3e-3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import numpy as np
 
 from benchmarks import common
 
 MODULE = "benchmarks.recall"
-CASE_KEYS = ("task", "length", "pairs", "vocab", "model", "steps", "tokens_per_step")
+CASE_KEYS = ("task", "length", "pairs", "vocab", "model", "steps", "tokens_per_step", "learning_rate")
 MIXERS = {
   "wave": ("wave", "wave"),
   "transformer": ("attention", "attention"),
   "hybrid": ("wave", "attention"),
   "hybrid_local": ("wave", "local"),
+  "selective": ("selective", "selective"),
+  "retention": ("retention", "retention"),
+  "selective_retention": ("selective", "retention"),
+  "selective_local": ("selective", "local"),
+  "retention_local": ("retention", "local"),
 }
+DEFAULT_MODELS = "transformer,wave,hybrid,hybrid_local"
+# Rows measured before the sweep existed all trained at this rate.
+FIRST_LEARNING_RATE = 3e-3
 WINDOW = 64
 
 
@@ -67,7 +82,25 @@ def induction(
   return tokens, weights
 
 
-TASKS = {"mqar": mqar, "induction": induction}
+def selective_copy(
+  rng: np.random.Generator, batch: int, length: int, pairs: int, vocab: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+  """`pairs` is N, the tokens to copy; windows [B, L + 1] and answer weights [B, L]."""
+  context = length + 1 - (pairs + 1)  # positions before the marker
+  if context < pairs or vocab < 4:
+    raise ValueError(f"copy of {pairs} tokens needs L >= {2 * pairs} and a vocabulary >= 4; got L={length}, V={vocab}")
+  tokens = np.zeros((batch, length + 1), np.int32)
+  weights = np.zeros((batch, length), np.float32)
+  for row in range(batch):
+    data = rng.integers(1, vocab - 1, pairs)
+    tokens[row, np.sort(rng.choice(context, pairs, replace=False))] = data
+    tokens[row, context] = vocab - 1  # the marker: copy now
+    tokens[row, context + 1 :] = data
+  weights[:, context : context + pairs] = 1.0  # from the marker on, each position predicts the next data token
+  return tokens, weights
+
+
+TASKS = {"mqar": mqar, "induction": induction, "copy": selective_copy}
 
 
 def parse_case(spec: str, steps: int) -> dict:
@@ -75,13 +108,16 @@ def parse_case(spec: str, steps: int) -> dict:
   "mqar:64:4:64@2000" -> vocab 64, 2000 steps; "induction:256" -> pairs 0, vocab 256."""
   body, _, own_steps = spec.partition("@")
   task, *numbers = body.split(":")
-  if task not in TASKS or len(numbers) not in ((2, 3) if task == "mqar" else (1,)):
-    raise ValueError(f"a case is mqar:<L>:<pairs>[:<vocab>] or induction:<L>, then optional @<steps>; got {spec!r}")
+  if task not in TASKS or len(numbers) not in ((1,) if task == "induction" else (2, 3)):
+    raise ValueError(
+      f"a case is mqar:<L>:<pairs>[:<vocab>], copy:<L>:<tokens>[:<vocab>] or induction:<L>, then optional @<steps>;"
+      f" got {spec!r}"
+    )
   numbers = [int(n) for n in numbers]
   return {
     "task": task,
     "length": numbers[0],
-    "pairs": numbers[1] if task == "mqar" else 0,
+    "pairs": numbers[1] if task != "induction" else 0,
     "vocab": numbers[2] if len(numbers) == 3 else 256,
     "steps": int(own_steps) if own_steps else steps,
   }
@@ -99,16 +135,19 @@ def measure(case: dict) -> dict:
   config.model.update(dict(dim=64, num_layers=2, num_heads=4, mlp_dim=128, max_len=case["length"]))
   config.model.mixers = MIXERS[case["model"]]
   config.model.window = WINDOW
-  config.train.update(dict(steps=case["steps"], warmup_steps=100, learning_rate=3e-3, wave_learning_rate=3e-3))
+  rate = case["learning_rate"]
+  config.train.update(dict(steps=case["steps"], warmup_steps=100, learning_rate=rate, wave_learning_rate=rate))
   graphdef, state, optimizer = init_state(config, seed=0)
   step = make_train_step(graphdef, optimizer, skip_nonfinite=False)
   task = TASKS[case["task"]]
   batch_size = max(1, case["tokens_per_step"] // case["length"])
   rng = np.random.default_rng(1)
+  started = time.perf_counter()
   for _ in range(case["steps"]):
     tokens, weights = task(rng, batch_size, case["length"], case["pairs"], case["vocab"])
     state, metrics = step(state, jnp.asarray(tokens), jnp.asarray(weights))
   loss = float(metrics["loss"])
+  train_seconds = time.perf_counter() - started
 
   @jax.jit
   def correct(params, tokens, weights):
@@ -121,75 +160,109 @@ def measure(case: dict) -> dict:
     tokens, weights = task(test_rng, batch_size, case["length"], case["pairs"], case["vocab"])
     h, t = correct(state["params"], jnp.asarray(tokens), jnp.asarray(weights))
     hits, total = hits + float(h), total + float(t)
-  return {"accuracy": hits / total, "final_train_loss": loss}
+  return {"accuracy": hits / total, "final_train_loss": loss, "train_seconds": train_seconds}
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--cases", default="mqar:32:2:16@2000,mqar:64:4:16@2000,induction:64,induction:256")
-  parser.add_argument("--models", default=",".join(MIXERS))
+  parser.add_argument("--models", default=DEFAULT_MODELS, help=f"any of {','.join(MIXERS)}")
+  parser.add_argument("--learning-rates", default=str(FIRST_LEARNING_RATE), help="each model's best of these counts")
   parser.add_argument("--steps", type=int, default=800, help="training steps of a case without its own @<steps>")
   parser.add_argument("--tokens-per-step", type=int, default=4096)
   args = parser.parse_args()
   specs = [parse_case(spec, args.steps) for spec in args.cases.split(",")]
   models = args.models.split(",")
+  unknown = sorted(set(models) - set(MIXERS))
+  if unknown:
+    parser.error(f"unknown model {unknown[0]!r}; choose from {','.join(MIXERS)}")
+  rates = [float(r) for r in args.learning_rates.split(",")]
   # Cases already measured with the same budget are kept from the last results: a run cut short (or one
   # case that failed) is finished by starting the script again.
   path = common.RESULTS / "recall.json"
   previous = json.loads(path.read_text())["rows"] if path.exists() else []
+  previous = [{"learning_rate": FIRST_LEARNING_RATE} | r for r in previous]
   done = {key(r): r for r in previous if "accuracy" in r and all(k in r for k in CASE_KEYS)}
-  cases = [spec | {"model": model, "tokens_per_step": args.tokens_per_step} for spec in specs for model in models]
-  rows = [done[key(case)] for case in cases if key(case) in done]
+  cases = [
+    spec | {"model": model, "tokens_per_step": args.tokens_per_step, "learning_rate": rate}
+    for spec in specs
+    for model in models
+    for rate in rates
+  ]
+  # Every row measured so far is kept, so that runs with other cases or models add to one table.
+  rows = list(done.values())
   for case in cases:
     if key(case) in done:
       continue
     rows.append(common.run_case(MODULE, case, timeout=3600))
+    done[key(case)] = rows[-1]
     print(rows[-1], flush=True)
-    write(rows, specs, models, args.tokens_per_step)
-  write(rows, specs, models, args.tokens_per_step)
+    write(rows, args.tokens_per_step)
+  write(rows, args.tokens_per_step)
 
 
 def key(case: dict) -> str:
   return json.dumps({k: case[k] for k in CASE_KEYS})
 
 
-def write(rows: list[dict], specs: list[dict], models: list[str], tokens_per_step: int) -> None:
+SPEC_KEYS = ("task", "length", "pairs", "vocab", "steps")
+
+
+def case_name(spec: dict) -> str:
+  what = {"mqar": "pairs", "copy": "tokens to copy"}.get(spec["task"])
+  return (
+    f"{spec['task']} L={spec['length']}"
+    + (f", {spec['pairs']} {what}" if what else "")
+    + (f", vocabulary {spec['vocab']}" if spec["vocab"] != 256 else "")
+  )
+
+
+def best_rows(rows: list[dict], tokens_per_step: int) -> dict[tuple, dict]:
+  """(case, model) -> the row of the learning rate that scored best."""
+  best = {}
+  for row in rows:
+    if row.get("tokens_per_step") != tokens_per_step or "accuracy" not in row:
+      continue
+    slot = (tuple(row[k] for k in SPEC_KEYS), row["model"])
+    if slot not in best or row["accuracy"] > best[slot]["accuracy"]:
+      best[slot] = row
+  return best
+
+
+def write(rows: list[dict], tokens_per_step: int) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  by = {key(r): r for r in rows}
-  names = [
-    f"{s['task']} L={s['length']}"
-    + (f", {s['pairs']} pairs" if s["pairs"] else "")
-    + (f", vocabulary {s['vocab']}" if s["vocab"] != 256 else "")
-    for s in specs
-  ]
+  best = best_rows(rows, tokens_per_step)
+  specs = list(dict.fromkeys(spec for spec, _ in best))
+  models = [m for m in MIXERS if any(model == m for _, model in best)]
+  names = [case_name(dict(zip(SPEC_KEYS, spec, strict=True))) for spec in specs]
 
-  def accuracy(spec: dict, model: str) -> float:
-    row = by.get(key(spec | {"model": model, "tokens_per_step": tokens_per_step}), {})
-    return 100 * row.get("accuracy", float("nan"))
+  def cell(spec: tuple, model: str) -> str:
+    row = best.get((spec, model))
+    return f"{100 * row['accuracy']:.1f}% ({row['learning_rate']:g})" if row else "-"
 
   table_rows = [
-    [name, f"{spec['steps']:,}", *(f"{accuracy(spec, m):.1f}%" for m in models)]
-    for name, spec in zip(names, specs, strict=True)
+    [name, f"{spec[-1]:,}", *(cell(spec, m) for m in models)] for name, spec in zip(names, specs, strict=True)
   ]
-  table = common.markdown_table(["case", "steps", *(f"{m} accuracy" for m in models)], table_rows)
+  table = common.markdown_table(["case", "steps", *models], table_rows)
   table += (
-    f"\n\n2 layers, D=64, steps of {tokens_per_step:,} tokens, loss on answers only; 512 unseen sequences; "
-    f"hybrid_local: wave then sliding-window attention of {WINDOW} positions."
+    f"\n\nAnswer accuracy at the best learning rate tried (in brackets). 2 layers, D=64, steps of "
+    f"{tokens_per_step:,} tokens, loss on answers only; 512 unseen sequences; *_local: the named mixer, then "
+    f"sliding-window attention of {WINDOW} positions; selective_retention: selective, then retention."
   )
   common.write_results("recall", {"machine": common.machine(), "tokens_per_step": tokens_per_step, "rows": rows}, table)
-  fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(specs)), 3.8))
+  fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(specs) * max(1, len(models) / 4)), 3.8))
   width = 0.8 / len(models)
   for i, model in enumerate(models):
-    values = [np.nan_to_num(accuracy(spec, model)) for spec in specs]
+    values = [100 * best[(spec, model)]["accuracy"] if (spec, model) in best else 0.0 for spec in specs]
     ax.bar(np.arange(len(specs)) + i * width, values, width, color=f"C{i}", label=model)
-  ax.set_xticks(np.arange(len(specs)) + width * (len(models) - 1) / 2, names, fontsize=8)
+  ax.set_xticks(np.arange(len(specs)) + width * (len(models) - 1) / 2, names, fontsize=7)
   ax.set_ylabel("answer accuracy (%)")
   ax.set_ylim(0, 100)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
   fig.savefig(common.RESULTS / "recall.png", dpi=120)
 

@@ -45,6 +45,19 @@ def test_impossible_mqar_cases_are_refused_by_name(spec, message):
     recall.mqar(np.random.default_rng(0), 1, case["length"], case["pairs"], case["vocab"])
 
 
+def test_selective_copy_answers_are_the_scattered_tokens_in_order():
+  rng = np.random.default_rng(np.random.SeedSequence().entropy)
+  tokens, weights = recall.selective_copy(rng, 16, 256, 16, 16)
+  targets = tokens[:, 1:]
+  for row in range(16):
+    marker = int(np.flatnonzero(tokens[row] == 15)[0])  # the first marker, V - 1
+    data = tokens[row, :marker][tokens[row, :marker] != 0]  # the scattered tokens, in order
+    assert len(data) == 16 and np.all((data >= 1) & (data <= 14))
+    answered = np.flatnonzero(weights[row])
+    assert answered[0] == marker and len(answered) == 16
+    assert np.array_equal(targets[row, answered], data)  # each answer is determined by the context before it
+
+
 @pytest.mark.parametrize("spec", ["mqar:64", "induction:64:4", "copy:64", "mqar:64:4:64:1"])
 def test_malformed_cases_are_refused(spec):
   with pytest.raises(ValueError, match="a case is"):
@@ -54,3 +67,4 @@ def test_malformed_cases_are_refused(spec):
 def test_a_case_may_name_its_own_steps():
   assert recall.parse_case("mqar:32:2:16@2000", 800) == dict(task="mqar", length=32, pairs=2, vocab=16, steps=2000)
   assert recall.parse_case("induction:64", 800) == dict(task="induction", length=64, pairs=0, vocab=256, steps=800)
+  assert recall.parse_case("copy:256:16:16", 800) == dict(task="copy", length=256, pairs=16, vocab=16, steps=800)

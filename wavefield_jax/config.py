@@ -11,6 +11,7 @@ from wavefield_jax.physics import METHODS as WAVE_METHODS
 MIXERS = ("wave", "selective", "retention", "attention", "local")
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
+REMAT_POLICIES = ("none", "full", "projections", "offload")
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
@@ -32,6 +33,13 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
     attention_impl: None, "xla" or "cudnn" for jax.nn.dot_product_attention.
     window: positions each "local" layer attends to, itself included (its decode cache holds as many).
+    remat: what each block keeps for the backward pass: "none" (everything; the fastest step), "full"
+      (only its input: the least memory, one more forward per step), "projections" (the input projections
+      and MLP outputs) or "offload" (those, in host memory). "none" by default: at the default size and
+      L = 256 the activations are a few MB, and recomputing costs time for memory nobody needs.
+    loss_chunk_size: positions per tile of the tiled head and cross entropy, so that the [B, L, V] logits
+      never exist; None (the default) for dense logits, which are small with the 256-token byte vocabulary.
+      Long contexts with GPT-2's 50,257 tokens want tiles (configs/long_context.py).
   """
   config = ml_collections.ConfigDict(
     dict(
@@ -48,6 +56,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       dtype="float32",
       attention_impl=ml_collections.FieldReference(None, field_type=str),
       window=64,
+      remat="none",
+      loss_chunk_size=ml_collections.FieldReference(None, field_type=int),
     )
   )
   config.update(overrides)
@@ -92,6 +102,10 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
     _require_int("model.wave_chunk_size", config.wave_chunk_size, 1)
   if config.dtype not in DTYPES:
     raise ValueError(f"model.dtype must be one of {DTYPES}; got {config.dtype!r}")
+  if config.remat not in REMAT_POLICIES:
+    raise ValueError(f"model.remat must be one of {REMAT_POLICIES}; got {config.remat!r}")
+  if config.loss_chunk_size is not None:
+    _require_int("model.loss_chunk_size", config.loss_chunk_size, 1)
   if config.attention_impl not in ATTENTION_IMPLEMENTATIONS:
     raise ValueError(f"model.attention_impl must be one of {ATTENTION_IMPLEMENTATIONS}; got {config.attention_impl!r}")
 

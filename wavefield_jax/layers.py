@@ -15,10 +15,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from wavefield_jax import parallel, physics
 
 Cache = dict[str, Any]
+
+# Names for jax.checkpoint policies (model.remat): the mixers' input projections and the MLPs' outputs.
+PROJECTION, MLP_OUTPUT = "projection", "mlp_output"
 
 
 class WaveParam(nnx.Param):
@@ -147,7 +151,8 @@ class WaveFieldMixer(nnx.Module):
   def _sources(self, x: jax.Array, history: jax.Array | None) -> tuple[jax.Array, ...]:
     """Projections and short conv: q, k, v [B, L, H, K], gate [B, L, D], and the pre-conv qkv [B, L, 3D]."""
     batch, length, _ = x.shape
-    qkv, gate = jnp.split(self.in_proj(x), [3 * self.dim], axis=-1)  # [B, L, 3D], [B, L, D]
+    projected = checkpoint_name(self.in_proj(x), PROJECTION)  # [B, L, 4D]
+    qkv, gate = jnp.split(projected, [3 * self.dim], axis=-1)  # [B, L, 3D], [B, L, D]
     mixed = causal_depthwise_conv(qkv, self.conv_kernel[...].astype(qkv.dtype), history)
     q, k, v = (a.reshape(batch, length, self.num_heads, -1) for a in jnp.split(mixed, 3, axis=-1))
     return q, k, v, gate, qkv
@@ -325,7 +330,7 @@ class Attention(nnx.Module):
 
   def _project(self, x: jax.Array, start: jax.Array | int) -> tuple[jax.Array, ...]:
     batch, length, _ = x.shape
-    q, k, v, gate = jnp.split(self.in_proj(x), 4, axis=-1)
+    q, k, v, gate = jnp.split(checkpoint_name(self.in_proj(x), PROJECTION), 4, axis=-1)
     q, k, v = (a.reshape(batch, length, self.num_heads, -1) for a in (q, k, v))  # [B, L, H, K]
     positions = start + jnp.arange(length)
     return rotary(q, positions), rotary(k, positions), v, gate
@@ -448,7 +453,7 @@ class MLP(nnx.Module):
     self.down = nnx.Linear(hidden, dim, use_bias=False, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+    return checkpoint_name(self.down(jax.nn.silu(self.gate(x)) * self.up(x)), MLP_OUTPUT)
 
 
 class Block(nnx.Module):

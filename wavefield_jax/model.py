@@ -9,9 +9,66 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from wavefield_jax import layers
+from wavefield_jax import layers, losses
 from wavefield_jax.config import validate_model_config
 from wavefield_jax.parallel import DATA, SEQ
+
+# model.remat: what each block keeps for the backward pass (jax.checkpoint policies over the tensors that
+# `layers` names with checkpoint_name). "none" keeps everything autodiff saves; "full" keeps only each
+# block's input and recomputes the block; "projections" keeps the mixers' input projections and the MLPs'
+# outputs, recomputing the cheap rest (the wave convolution, norms, gates); "offload" keeps the same
+# tensors in host memory instead of device memory.
+SAVED_NAMES = (layers.PROJECTION, layers.MLP_OUTPUT)
+CHECKPOINT_POLICIES = {  # one per name in config.REMAT_POLICIES
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "projections": jax.checkpoint_policies.save_only_these_names(*SAVED_NAMES),
+  "offload": jax.checkpoint_policies.save_and_offload_only_these_names(
+    names_which_can_be_saved=[],
+    names_which_can_be_offloaded=list(SAVED_NAMES),
+    offload_src="device",
+    offload_dst="pinned_host",
+  ),
+}
+
+
+def check_remat_backend(policy: str) -> None:
+  """'offload' moves saved tensors to pinned host memory, which only GPUs and TPUs have apart from their
+  own: on a CPU (whose "pinned host" memory is the same RAM) it would save nothing, so it is refused."""
+  if policy != "offload":
+    return
+  kinds = {memory.kind for memory in jax.devices()[0].addressable_memories()}
+  if jax.default_backend() == "cpu" or "pinned_host" not in kinds:
+    raise ValueError(
+      f"model.remat='offload' needs a GPU or TPU with pinned host memory; this backend is {jax.default_backend()}"
+      " (on a CPU use 'full' or 'projections')"
+    )
+
+
+def rematerialised(fn, policy):
+  """fn(params, x) under jax.checkpoint(policy), its backward pass kept in a computation of its own.
+
+  XLA's CPU scheduler runs the recomputed forwards of an unrolled stack of checkpointed blocks early, all
+  together, and keeps their results alive: the compiled step's temporaries then equal those of no remat at
+  all. A conditional (both branches the same) makes each block's recompute wait for that block's incoming
+  gradient; the predicate is one reduction of it.
+  """
+  checkpointed = jax.checkpoint(fn, policy=policy)
+
+  @jax.custom_vjp
+  def run(params, x):
+    return fn(params, x)
+
+  def forward(params, x):
+    return jax.vjp(checkpointed, params, x)  # the vjp closure holds what the policy saves
+
+  def backward(pullback, cotangent):
+    backward_pass = lambda pullback, cotangent: pullback(cotangent)  # noqa: E731
+    ready = jnp.isfinite(jnp.sum(cotangent))
+    return jax.lax.cond(ready, backward_pass, backward_pass, pullback, cotangent)
+
+  run.defvjp(forward, backward)
+  return run
 
 
 class WaveFieldLM(nnx.Module):
@@ -25,6 +82,7 @@ class WaveFieldLM(nnx.Module):
     """mesh: a ("data", "seq") mesh: activations are split over both axes, and wave layers convolve
     their own positions (see `parallel`)."""
     validate_model_config(config)
+    check_remat_backend(config.remat)
     self.config = config
     self.mesh = mesh
     dtype = jnp.dtype(config.dtype)
@@ -62,20 +120,43 @@ class WaveFieldLM(nnx.Module):
     """[..., D] -> [..., V] float32, through the transposed embedding."""
     return self.embed.attend(self.final_norm(hidden)).astype(jnp.float32)
 
+  def blocks_output(self, x: jax.Array) -> jax.Array:
+    """The last block's output [B, L, D] from input embeddings [B, L, D], under the `remat` policy."""
+    for block in self.blocks:
+      if self.config.remat == "none":
+        x = block(x)
+        continue
+      graphdef, params = nnx.split(block)
+      apply = lambda params, x, graphdef=graphdef: nnx.merge(graphdef, params)(x)  # noqa: E731
+      x = rematerialised(apply, CHECKPOINT_POLICIES[self.config.remat])(params, x)
+    return x
+
   def from_embeddings(self, x: jax.Array) -> jax.Array:
     """Logits [B, L, V] from input embeddings [B, L, D]; the gradient path used to check causality."""
-    for block in self.blocks:
-      x = block(x)
-    return self.logits(x)
+    return self.logits(self.blocks_output(x))
 
-  def __call__(self, tokens: jax.Array) -> jax.Array:
-    """tokens [B, L] int -> logits [B, L, V] float32."""
+  def _embed(self, tokens: jax.Array) -> jax.Array:
     x = self.embed(tokens)  # [B, L, D]
     if self.mesh is not None:
       # Every layer then works on its own positions: without this only the wave convolution does, and
       # attention, the MLPs and the logits run whole on every device of a `seq` group.
       x = jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, P(DATA, SEQ)))
-    return self.from_embeddings(x)
+    return x
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    """tokens [B, L] int -> logits [B, L, V] float32."""
+    return self.from_embeddings(self._embed(tokens))
+
+  def token_losses(self, tokens: jax.Array, targets: jax.Array) -> jax.Array:
+    """Next-token cross entropy in nats [B, L] for tokens [B, L] and their targets [B, L].
+
+    With `loss_chunk_size` the head and the loss run over tiles of that many positions (`losses`), so
+    the [B, L, V] logits never exist; the result and its gradients are those of the dense logits."""
+    hidden = self.blocks_output(self._embed(tokens))  # [B, L, D]
+    if self.config.loss_chunk_size is None:
+      return losses.dense_cross_entropy(self.logits(hidden), targets)
+    normed = self.final_norm(hidden)
+    return losses.tiled_cross_entropy(normed, self.embed.embedding[...], targets, self.config.loss_chunk_size)
 
   def init_cache(self, batch_size: int, max_len: int) -> list:
     """One cache per layer for decoding up to `max_len` positions in total."""

@@ -98,8 +98,7 @@ def make_optimizer(train: ml_collections.ConfigDict, labels: dict) -> optax.Grad
 def token_losses(graphdef: nnx.GraphDef, params: dict, batch: jax.Array) -> jax.Array:
   """Next-token cross entropy in nats, [B, L], for windows batch [B, L + 1]."""
   model = nnx.merge(graphdef, params)
-  logits = model(batch[:, :-1])  # [B, L, V]
-  return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:])
+  return model.token_losses(batch[:, :-1], batch[:, 1:])
 
 
 def make_train_step(

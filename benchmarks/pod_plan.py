@@ -37,12 +37,20 @@ MODULE = "benchmarks.pod_plan"
 REPO = Path(__file__).resolve().parent.parent
 DEVICES = 8
 # Model name: (the config's kind, model overrides).
+# "+remat": every block rematerialised (model.remat="full") and the head and loss over tiles of LOSS_TILE
+# positions (model.loss_chunk_size): what a long context needs.
+LOSS_TILE = 2048
+LONG_CONTEXT = {"remat": "full", "loss_chunk_size": LOSS_TILE}
 MODELS = {
   "wave": ("wave", {"wave_method": "matmul"}),
   "wave_fft": ("wave", {"wave_method": "fft"}),
   "transformer": ("transformer", {}),
   "hybrid": ("hybrid", {}),
   "hybrid_local": ("hybrid_local", {}),
+  "wave+remat": ("wave", {"wave_method": "matmul"} | LONG_CONTEXT),
+  "transformer+remat": ("transformer", LONG_CONTEXT),
+  "hybrid+remat": ("hybrid", LONG_CONTEXT),
+  "hybrid_local+remat": ("hybrid_local", LONG_CONTEXT),
 }
 # Dense bf16 peak FLOP/s, HBM bytes/s and memory of one device, from the vendors' spec sheets:
 # H100 SXM and H200 (NVIDIA: 989 TFLOP/s dense bf16; 3.35 and 4.8 TB/s; 80 and 141 GB) and
@@ -211,6 +219,9 @@ def main() -> None:
     models = list(dict.fromkeys(r["model"] for r in saved["rows"]))
     write(saved["rows"], saved["check"], sorted({r["length"] for r in saved["rows"]}), meshes, models)
     return
+  # Cases of other models, meshes or lengths are kept from the last results: runs add to one table.
+  path = common.RESULTS / "pod_plan.json"
+  saved = json.loads(path.read_text()) if path.exists() else {"rows": [], "check": None}
   rows = []
   for model in args.models.split(","):
     for data, seq in meshes:
@@ -224,12 +235,20 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         rows.append(result)
         failed = "error" in result
-  check = None
+  measured = {case_key(r) for r in rows}
+  rows = [r for r in saved["rows"] if case_key(r) not in measured] + rows
+  check = saved["check"]
   if not args.no_check:
     smallest = {"model": "wave", "data": DEVICES, "seq": 1, "length": min(lengths), "check": True}
     check = common.run_case(MODULE, smallest, timeout=args.timeout)
     print(json.dumps(check), flush=True)
-  write(rows, check, lengths, meshes, args.models.split(","))
+  every_model = list(dict.fromkeys(r["model"] for r in rows))
+  every_mesh = sorted({(r["data"], r["seq"]) for r in rows}, reverse=True)
+  write(rows, check, sorted({r["length"] for r in rows}), every_mesh, every_model)
+
+
+def case_key(row: dict) -> tuple:
+  return row["model"], row["data"], row["seq"], row["length"]
 
 
 def write(rows: list[dict], check: dict | None, lengths: list[int], meshes: list, models: list[str]) -> None:

@@ -465,12 +465,19 @@ class Block(nnx.Module):
     self.mlp_norm = nnx.RMSNorm(dim, dtype=dtype, rngs=rngs)
     self.mlp = MLP(dim, mlp_dim, dtype=dtype, rngs=rngs)
 
-  def _add_mlp(self, x: jax.Array, mixed: jax.Array) -> jax.Array:
-    x = x + mixed
+  def mix(self, x: jax.Array) -> jax.Array:
+    """The first residual branch: x + mixer(norm(x))."""
+    return x + self.mixer(self.mixer_norm(x))
+
+  def feed_forward(self, x: jax.Array) -> jax.Array:
+    """The second residual branch: x + mlp(norm(x))."""
     return x + self.mlp(self.mlp_norm(x))
 
+  def _add_mlp(self, x: jax.Array, mixed: jax.Array) -> jax.Array:
+    return self.feed_forward(x + mixed)
+
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self._add_mlp(x, self.mixer(self.mixer_norm(x)))
+    return self.feed_forward(self.mix(x))
 
   def prefill(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
     mixed, cache = self.mixer.prefill(self.mixer_norm(x), cache)

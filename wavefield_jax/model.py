@@ -122,13 +122,17 @@ class WaveFieldLM(nnx.Module):
 
   def blocks_output(self, x: jax.Array) -> jax.Array:
     """The last block's output [B, L, D] from input embeddings [B, L, D], under the `remat` policy."""
+    policy = CHECKPOINT_POLICIES[self.config.remat]
     for block in self.blocks:
       if self.config.remat == "none":
         x = block(x)
         continue
+      # Each residual branch on its own: the backward pass then holds one branch's recomputed activations
+      # at a time (the mixer's or the MLP's), not both.
       graphdef, params = nnx.split(block)
-      apply = lambda params, x, graphdef=graphdef: nnx.merge(graphdef, params)(x)  # noqa: E731
-      x = rematerialised(apply, CHECKPOINT_POLICIES[self.config.remat])(params, x)
+      for branch in (layers.Block.mix, layers.Block.feed_forward):
+        apply = lambda params, x, branch=branch, graphdef=graphdef: branch(nnx.merge(graphdef, params), x)  # noqa: E731
+        x = rematerialised(apply, policy)(params, x)
     return x
 
   def from_embeddings(self, x: jax.Array) -> jax.Array:

@@ -9,6 +9,7 @@ from reference import conv_f64, random_problem, relative_error, retention_f64, s
 
 import wavefield_jax as wf
 from wavefield_jax import parallel, sharding
+from wavefield_jax.checkpointing import Checkpointer
 from wavefield_jax.config import base_config
 from wavefield_jax.train_lib import init_state, make_train_step, token_losses
 
@@ -142,3 +143,53 @@ def test_sequence_parallel_selective_and_retention_equal_single_device(rng, data
   q, k = (rng.standard_normal(u.shape).astype(np.float32) for _ in range(2))
   got = jax.jit(lambda *a: parallel.sharded_retention(*a, mesh, chunk_size=5))(q, k, u, speed, damping, phase)
   assert relative_error(got, retention_f64(q, k, u, speed, damping, phase)) < 1e-4
+
+
+def sharded_start(mesh, config):
+  graphdef, state, optimizer = init_state(config, seed=0, mesh=mesh)
+  state_sharding = sharding.state_shardings(mesh, state, fsdp=True)
+  step = make_train_step(graphdef, optimizer, False, (state_sharding, sharding.batch_sharding(mesh)))
+  return jax.device_put(state, state_sharding), step
+
+
+def train_on(mesh, step, state, batches):
+  losses = []
+  for batch in batches:
+    state, metrics = step(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
+    losses.append(float(metrics["loss"]))
+  return state, losses
+
+
+@pytest.mark.slow
+def test_a_checkpoint_restores_onto_another_mesh_and_trains_on(rng, tmp_path):
+  # Pods change shape between jobs: written on 2 x 4 (state split over all 8 devices), restored onto 1 x 8
+  # and onto 4 devices, training goes on with the losses the original mesh gives.
+  config = tiny_config(("wave", "attention"))
+  batches = [rng.integers(0, 256, (8, 65)).astype(np.int32) for _ in range(5)]
+  original = sharding.make_mesh(2, 4)
+  state, step = sharded_start(original, config)
+  state, _ = train_on(original, step, state, batches[:2])
+  checkpointer = Checkpointer(tmp_path / "checkpoints", asynchronous=False)
+  checkpointer.save(2, state, {"position": 2})
+  checkpointer.wait()
+  _, want = train_on(original, step, state, batches[2:])
+  for mesh in (sharding.make_mesh(1, 8), sharding.make_mesh(2, 2, devices=jax.devices()[:4])):
+    like, step_here = sharded_start(mesh, config)
+    restored, data_state = checkpointer.restore(2, like)
+    assert data_state == {"position": 2}
+    assert {a.sharding for a in jax.tree.leaves(restored)} == {a.sharding for a in jax.tree.leaves(like)}
+    _, got = train_on(mesh, step_here, restored, batches[2:])
+    np.testing.assert_allclose(got, want, rtol=2e-5)
+  checkpointer.close()
+
+
+def test_fsdp_splits_the_state_over_data_and_seq():
+  mesh = sharding.make_mesh(1, 8)
+  config = tiny_config()
+  config.model.update(dict(vocab_size=512, dim=64))  # an embedding large enough to be split
+  _, state, _ = init_state(config, seed=0, mesh=mesh)
+  shardings = sharding.state_shardings(mesh, state, fsdp=True)
+  for tree in (shardings["params"], shardings["opt_state"][1].inner_states["no_decay"].inner_state[0].mu):
+    embedding = tree["embed"]["embedding"]
+    assert embedding.spec == jax.sharding.PartitionSpec(("data", "seq"), None)
+    assert embedding.shard_shape((512, 64)) == (64, 64)

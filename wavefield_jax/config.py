@@ -130,7 +130,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
   )
   # With several devices: a (data, seq) mesh over all of them, data = devices / seq; fsdp splits the
-  # parameters and optimizer state over data instead of replicating them.
+  # parameters, gradients and optimizer state over all the devices instead of replicating them.
   config.mesh = ml_collections.ConfigDict(dict(seq=1, fsdp=False))
   config.train = ml_collections.ConfigDict(
     dict(

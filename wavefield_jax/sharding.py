@@ -1,7 +1,8 @@
 """Meshes and the shardings of a train state and its batches.
 
 The mesh has two axes: `data` (batch) and `seq` (sequence positions). Batches are sharded over
-`data`; parameters are replicated, or split over `data` with `fsdp=True`. How the wave layers split
+`data`; parameters, gradients and optimizer moments are replicated, or split over every device of the
+mesh (`data` and `seq` together) with `fsdp=True`. How the wave layers split
 their positions over `seq` is `parallel.sharded_wave_conv`, beside the physics it runs.
 """
 
@@ -38,17 +39,22 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def state_shardings(mesh: Mesh, state: Any, fsdp: bool = False) -> Any:
-  """Shardings for a train state: replicated, or with fsdp each array split over `data` along its
-  largest axis that divides evenly (small or indivisible arrays stay replicated)."""
-  size = mesh.shape[DATA]
+  """Shardings for a train state: replicated, or with fsdp each array split over all the mesh's devices
+  (`data` and `seq` together) along its largest axis that divides evenly; failing that over `data` alone,
+  and small or indivisible arrays stay replicated. A 1 x 8 mesh (one sequence over 8 devices) then holds
+  an eighth of AdamW per device, as an 8 x 1 mesh does."""
 
   def spec(leaf) -> NamedSharding:
     shape = np.shape(leaf)
-    if not fsdp or size == 1 or np.prod(shape, dtype=np.int64) < 2**14:
+    if not fsdp or np.prod(shape, dtype=np.int64) < 2**14:
       return replicated(mesh)
-    for axis in np.argsort(shape)[::-1]:
-      if shape[axis] % size == 0:
-        return NamedSharding(mesh, P(*[DATA if a == axis else None for a in range(len(shape))]))
+    for axes in ((DATA, SEQ), (DATA,)):
+      size = int(np.prod([mesh.shape[a] for a in axes]))
+      if size == 1:
+        continue
+      for axis in np.argsort(shape)[::-1]:
+        if shape[axis] % size == 0:
+          return NamedSharding(mesh, P(*[axes if a == axis else None for a in range(len(shape))]))
     return replicated(mesh)
 
   return jax.tree.map(spec, state)

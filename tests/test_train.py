@@ -11,12 +11,15 @@ import time
 from pathlib import Path
 
 import helpers
+import jax
+import jax.numpy as jnp
 import ml_collections
 import pytest
 from helpers import file_digests, read_losses
 
-from wavefield_jax import data
+from wavefield_jax import data, train_lib
 from wavefield_jax.checkpointing import Checkpointer, CheckpointError
+from wavefield_jax.config import base_config
 from wavefield_jax.train_lib import train_and_evaluate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -254,3 +257,18 @@ def test_two_processes_on_localhost_agree_with_one(tmp_path):
   for step in want:
     assert abs(want[step] - got[step]) <= 1e-5 * abs(want[step]), (step, want[step], got[step])
   assert (tmp_path / "two" / "checkpoints" / "6").is_dir()
+
+
+def test_train_step_compiles_without_ynnpack_reductions():
+  # One sequence per step ran 2.5x slower per token with XLA's YNNPACK reduction fusions (train_lib); the
+  # compiled step has none, where the same gradient jitted plainly has them (the check reads the program).
+  if not train_lib.compiler_options():
+    pytest.skip("this XLA has no YNNPACK fusions to turn off")
+  config = base_config()
+  config.model.update(dict(dim=32, num_heads=4, mlp_dim=64, max_len=64, num_layers=2, mixers=("wave", "wave")))
+  graphdef, state, optimizer = train_lib.init_state(config, seed=0)
+  batch = jnp.ones((1, 65), jnp.int32)
+  step = train_lib.make_train_step(graphdef, optimizer, skip_nonfinite=False)
+  assert "__ynn_fusion" not in step.lower(state, batch).compile().as_text()
+  plain = jax.jit(jax.grad(lambda p: train_lib.token_losses(graphdef, p, batch).mean()))
+  assert "__ynn_fusion" in plain.lower(state["params"]).compile().as_text()

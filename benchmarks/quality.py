@@ -40,13 +40,19 @@ CONFIGS = {
     "hybrid": "configs/hybrid.py",
     "hybrid_local": "configs/hybrid_local.py",
   },
-  "small": {kind: f"configs/small.py:{kind}" for kind in ("wave", "transformer", "hybrid", "hybrid_local")},
+  "small": {
+    kind: f"configs/small.py:{kind}"
+    for kind in ("wave", "transformer", "hybrid", "hybrid_local", "selective", "retention", "selective_retention")
+    + ("selective_local", "retention_local")
+  },
 }
 # A model name is a config kind, the local window after `hybrid_local`, then overrides, each a suffix and
 # a value: wave, hybrid_local32, wave_h16, hybrid_local64_h16, wave_wlr3e-2, wave_ml4096.
 OVERRIDE = re.compile(r"_([a-z]+)([0-9.e-]+)")
 MODEL_NAME = re.compile(
-  rf"(?P<kind>wave|transformer|hybrid_local(?=\d)|hybrid)(?P<window>\d+)?(?P<overrides>(?:{OVERRIDE.pattern})*)"
+  r"(?P<kind>wave|transformer|hybrid_local(?=\d)|hybrid|selective_retention|selective_local(?=\d)|selective"
+  r"|retention_local(?=\d)|retention)"
+  rf"(?P<window>\d+)?(?P<overrides>(?:{OVERRIDE.pattern})*)"
 )
 OVERRIDES = {"h": ("model.num_heads", int), "wlr": ("train.wave_learning_rate", float), "ml": ("model.max_len", int)}
 SIZE_NOTES = {"default": "D=128, 4 layers, 0.96M parameters", "small": "D=64, 2 layers"}
@@ -61,10 +67,13 @@ def run_dir(size: str, model: str, seed: int, steps: int) -> Path:
 def config_flags(size: str, model: str) -> list[str]:
   """The train.py flags that build `model` at `size`: its config file and overrides."""
   match = MODEL_NAME.fullmatch(model)
-  if match is None or (match["kind"] == "hybrid_local") != (match["window"] is not None):
+  if match is None or match["kind"].endswith("_local") != (match["window"] is not None):
     raise ValueError(
-      f"unknown model {model!r}: wave, transformer, hybrid or hybrid_local<W>, then optional _h<H>, _wlr<R>, _ml<N>"
+      f"unknown model {model!r}: wave, transformer, hybrid, selective, retention, selective_retention or"
+      " hybrid_local<W>, selective_local<W>, retention_local<W>, then optional _h<H>, _wlr<R>, _ml<N>"
     )
+  if match["kind"] not in CONFIGS[size]:
+    raise ValueError(f"model {model!r}: the {size} size has no {match['kind']} config; it has {sorted(CONFIGS[size])}")
   flags = [f"--config={CONFIGS[size][match['kind']]}"]
   if match["window"]:
     flags.append(f"--config.model.window={match['window']}")

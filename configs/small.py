@@ -2,8 +2,10 @@
 
   python train.py --config=configs/small.py:transformer --workdir runs/small_transformer
 
-The argument picks the mixers: wave (default), transformer, hybrid (wave below, global attention on top)
-or hybrid_local (wave below, sliding-window attention on top: decoding in bounded memory).
+The argument picks the mixers: wave (default), transformer, hybrid (wave below, global attention on top),
+hybrid_local (wave below, sliding-window attention on top: decoding in bounded memory), selective and
+retention (the wave on a data-dependent clock, the wave weighting the query-key match), selective_retention
+(one of each), and selective_local / retention_local (the new mixer below a sliding window).
 """
 
 import ml_collections
@@ -15,6 +17,11 @@ MIXERS = {
   "transformer": ("attention", "attention"),
   "hybrid": ("wave", "attention"),
   "hybrid_local": ("wave", "local"),
+  "selective": ("selective", "selective"),
+  "retention": ("retention", "retention"),
+  "selective_retention": ("selective", "retention"),
+  "selective_local": ("selective", "local"),
+  "retention_local": ("retention", "local"),
 }
 
 

@@ -145,7 +145,8 @@ def test_compared_models_have_equal_size(entries):
 
 
 def test_small_config_names_its_choices():
-  choices = r"\['hybrid', 'hybrid_local', 'transformer', 'wave'\]"
+  choices = r"\['hybrid', 'hybrid_local', 'retention', 'retention_local', 'selective', 'selective_local', "
+  choices += r"'selective_retention', 'transformer', 'wave'\]"
   with pytest.raises(ValueError, match=r"configs/small.py takes one of " + choices):
     load_config("small", "mamba")
 

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from reference import relative_error
 
-from wavefield_jax import analysis, data
+from wavefield_jax import analysis, data, physics
 from wavefield_jax.config import model_config
 from wavefield_jax.layers import WaveFieldMixer, inverse_softplus
 from wavefield_jax.model import WaveFieldLM
@@ -182,3 +182,26 @@ def test_inspect_writes_the_report_of_a_trained_workdir(tmp_path, rng):
   too_short.write_bytes(b"abc")
   done = subprocess.run([*command, f"--text={too_short}"], capture_output=True, text=True)
   assert done.returncode == 1 and "needs at least 41" in done.stderr
+
+
+def test_clock_steps_and_retention_matches_are_what_the_layers_compute(rng, tmp_path):
+  config = model_config(vocab_size=64, dim=32, num_layers=3, num_heads=4, mlp_dim=64, max_len=64)
+  config.mixers = ("selective", "retention", "wave")
+  model = WaveFieldLM(config, rngs=nnx.Rngs(int(rng.integers(1 << 30))))
+  tokens = jnp.asarray(rng.integers(0, 64, (2, 20)))
+  x0 = model.embed(tokens)
+  (name, delta), *rest = analysis.clock_steps(model, tokens)
+  assert name == "0" and not rest and delta.shape == (2, 20, 4)
+  assert relative_error(delta, model.blocks[0].mixer.clock_steps(model.blocks[0].mixer_norm(x0))) < 1e-6
+  (name, match), *rest = analysis.retention_matches(model, tokens)
+  assert name == "1" and not rest and match.shape == (2, 4, 20, 20)
+  assert np.all(match[..., np.triu_indices(20, 1)[0], np.triu_indices(20, 1)[1]] == 0)  # nothing from the future
+  # The matches times the values are the layer's field, as the chunked physics computes it.
+  mixer, x1 = model.blocks[1].mixer, model.blocks[1].mixer_norm(model.blocks[0](x0))
+  q, k, v, _, _ = mixer._queries_keys(x1, None)
+  want, _ = physics.retention_chunked(q, k, v, *mixer.constants(), 8)
+  assert relative_error(np.einsum("bhts,bshv->bthv", match, v), want) < 1e-5
+  analysis.plot_clock(analysis.clock_steps(model, tokens), tmp_path / "clock.png", labels=list("abcdefghijklmnopqrst"))
+  assert (tmp_path / "clock.png").stat().st_size > 1000
+  with pytest.raises(ValueError, match="has no selective layer"):
+    analysis.clock_steps(WaveFieldLM(model_config(vocab_size=64, dim=32, num_heads=4), rngs=nnx.Rngs(0)), tokens)

@@ -7,6 +7,8 @@ that the trained constants can be shown beside the ones the run started from.
   rows = constants_table(model, initial)              # one row per (layer, head)
   flow = information_flow(model, tokens)              # [L, L]: |d logits[t] / d embedding[s]|
   sens = constant_gradients(model, windows)           # d loss / d (speed, damping, phase) per head
+  clocks = clock_steps(model, tokens)                 # the selective layers' delta [B, L, H]
+  matches = retention_matches(model, tokens)          # the retention layers' (q_t . k_s) k_h(t - s)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import scipy.special
 from flax import nnx
 
 from wavefield_jax import physics
-from wavefield_jax.layers import WaveFieldMixer, WaveParam
+from wavefield_jax.layers import RetentionMixer, SelectiveWaveMixer, WaveFieldMixer, WaveParam
 
 CONSTANTS = ("speed", "damping", "phase")
 
@@ -229,6 +231,67 @@ def load(workdir: str | Path, step: int | None = None) -> tuple[nnx.Module, nnx.
 
 
 # Plots. Each takes arrays or a model and writes one PNG; matplotlib is imported only here.
+
+
+def _mixer_inputs(model: nnx.Module, tokens: jax.Array) -> list[tuple[str, nnx.Module, jax.Array]]:
+  """(layer name, mixer, the mixer's input [B, L, D]) for every block of a WaveFieldLM on tokens [B, L]."""
+  x = model.embed(jnp.asarray(tokens))
+  found = []
+  for index, block in enumerate(model.blocks):
+    found.append((str(index), block.mixer, block.mixer_norm(x)))
+    x = block(x)
+  return found
+
+
+def clock_steps(model: nnx.Module, tokens: jax.Array) -> list[tuple[str, np.ndarray]]:
+  """How fast each selective layer's clock runs at each token: (layer, delta [B, L, H]) per such layer.
+
+  delta near 0 holds the head's field still over that token (what came before is kept); a large delta
+  flushes it (the decay exp(-damping * delta) wipes the state) and writes the token in."""
+  found = [
+    (name, np.asarray(mixer.clock_steps(x)))
+    for name, mixer, x in _mixer_inputs(model, tokens)
+    if isinstance(mixer, SelectiveWaveMixer)
+  ]
+  if not found:
+    raise ValueError(f"{type(model).__name__} has no selective layer: there is no clock to show")
+  return found
+
+
+def retention_matches(model: nnx.Module, tokens: jax.Array) -> list[tuple[str, np.ndarray]]:
+  """Which sources each retention layer reads: (layer, M [B, H, L, L]) per such layer, with
+  M[b, h, t, s] = (q_t . k_s) k_h(t - s) for s <= t, so that the layer's field output is M @ v
+  (before its per-head norm). O(L^2): for short texts and pictures."""
+  found = []
+  for name, mixer, x in _mixer_inputs(model, tokens):
+    if not isinstance(mixer, RetentionMixer):
+      continue
+    q, k, _, _, _ = mixer._queries_keys(x, None)  # [B, L, H, K]
+    field = physics.wave_field(*mixer.constants(), x.shape[1])  # [H, L, L]
+    found.append((name, np.asarray(jnp.einsum("bthk,bshk->bhts", q, k) * field[None])))
+  if not found:
+    raise ValueError(f"{type(model).__name__} has no retention layer: there are no matches to show")
+  return found
+
+
+def plot_clock(clocks: Sequence[tuple[str, np.ndarray]], path: str | Path, labels: Sequence[str] | None = None) -> None:
+  """The first row's clock steps, heads by positions, one panel per selective layer (log colour scale);
+  `labels` names the positions (e.g. the characters of the text)."""
+  plt = _pyplot()
+  from matplotlib.colors import LogNorm
+
+  fig, axes = plt.subplots(len(clocks), 1, figsize=(10, 1.2 + 0.5 * clocks[0][1].shape[2] * len(clocks)), squeeze=False)
+  for ax, (name, delta) in zip(axes[:, 0], clocks, strict=True):
+    image = ax.imshow(delta[0].T, aspect="auto", cmap="viridis", norm=LogNorm(), interpolation="nearest")
+    ax.set_title(f"layer {name}: clock step delta per token (1 = the time-invariant wave)", fontsize=9)
+    ax.set_ylabel("head")
+    if labels is not None:
+      ax.set_xticks(np.arange(len(labels)), labels, fontsize=6)
+    fig.colorbar(image, ax=ax, fraction=0.03)
+  axes[-1, 0].set_xlabel("position")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 def _pyplot():

@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import math
+from pathlib import Path
 
 import ml_collections
 
 from wavefield_jax.physics import METHODS as WAVE_METHODS
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shipped_file(folder: str, name: str) -> Path:
+  """A file the project ships (folder "configs" or "data"): `folder/name` of the checkout this package runs
+  from, else the copy an installed wheel carries (`wavefield_jax.shipped_<folder>`, see pyproject.toml)."""
+  checkout = REPO / folder / name
+  if checkout.exists():
+    return checkout
+  return Path(str(importlib.resources.files(f"wavefield_jax.shipped_{folder}") / name))
+
+
+def config_file(argument: str) -> str:
+  """A --config value ("path[:argument]") as given where its file exists, else the shipped config of that
+  file name (outside a checkout, `configs/small.py:hybrid` means the one the wheel carries)."""
+  path, colon, rest = argument.partition(":")
+  if Path(path).exists():
+    return argument
+  try:
+    shipped = shipped_file("configs", Path(path).name)
+  except ModuleNotFoundError:  # neither a checkout nor a wheel with configs: absl names the missing file
+    return argument
+  return f"{shipped}{colon}{rest}" if shipped.exists() else argument
+
 
 MIXERS = ("wave", "selective", "retention", "attention", "local")
 DTYPES = ("float32", "bfloat16")

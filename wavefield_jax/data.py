@@ -27,9 +27,10 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-REPO = Path(__file__).resolve().parent.parent
-CORPUS = REPO / "data" / "shakespeare.txt.xz"
-MANIFEST = REPO / "data" / "shakespeare.json"
+from wavefield_jax.config import shipped_file
+
+CORPUS = shipped_file("data", "shakespeare.txt.xz")
+MANIFEST = shipped_file("data", "shakespeare.json")
 SPLITS = ("train", "validation", "test")
 # Whole plays held out from training (about 4.5% and 4% of the corpus).
 SHAKESPEARE_HELD_OUT = {"validation": ("julius_caesar", "twelfth_night"), "test": ("macbeth", "tempest")}

@@ -59,7 +59,7 @@ def main() -> None:
       counts = f"{r['tokens']:,} tokens, {r['bytes']:,} bytes, step {scores['step']}"
       print(f"{r['path']}: {r['loss']:.4f} nats/token, {r['bpb']:.4f} bits/byte ({counts})")
 
-  cli.run(body)
+  cli.run(body, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def main() -> None:
     print(analysis.markdown_table(result["constants"], TABLE_COLUMNS))
     print("\nwrote " + ", ".join(result["files"]))
 
-  cli.run(body, errors=(OSError,))
+  cli.run(body, errors=(OSError,), doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def main() -> None:
       print(f"--- sample {i + 1} of {len(texts)} (step {step}, seed {f.seed}) ---")
       print(text)
 
-  cli.run(body)
+  cli.run(body, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -12,18 +12,17 @@ from __future__ import annotations
 def main() -> None:
   """The `wavefield-train` command."""
   from absl import flags
-  from ml_collections import config_flags
 
   from wavefield_jax import cli
   from wavefield_jax.workdir import TrainingError
 
-  config_flags.DEFINE_config_file("config", "configs/default.py", "Path to a config file.", lock_config=True)
+  cli.define_config_flag("configs/default.py")  # the checkout's, or the wheel's outside one
   flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.", required=True)
   flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (multi-host runs).")
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (default: from the cluster).")
   flags.DEFINE_integer("num_processes", None, "Processes in the run (default: from the cluster).")
   flags.DEFINE_integer("process_id", None, "This process's index (default: from the cluster).")
-  cli.run(_train, errors=(TrainingError,))
+  cli.run(_train, errors=(TrainingError,), doc=__doc__, with_config=True)
 
 
 def _train(f) -> None:

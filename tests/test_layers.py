@@ -1,5 +1,7 @@
 """The NNX mixer: recurrent decoding equals the parallel forward, causality, its physical constants."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,6 +134,14 @@ def test_bad_mixer_config():
     make_mixer(0, conv_width=0)
   with pytest.raises(ValueError, match="method must be one of"):
     make_mixer(0, method="fast")
+  with pytest.raises(ValueError, match="num_heads must be a positive integer; got 0"):
+    make_mixer(0, heads=0)
+  with pytest.raises(ValueError, match="max_len must be a positive integer; got 0"):
+    make_mixer(0, max_len=0)
+  mixer = make_mixer(0)
+  for shape in ((2, 32), (2, 0, 32), (2, 5, 31)):
+    with pytest.raises(ValueError, match=r"input must have shape \[B, L, D\] .* got shape " + re.escape(str(shape))):
+      mixer(np.ones(shape, np.float32))
 
 
 def local_attention_f64(q, k, v, window):

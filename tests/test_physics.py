@@ -460,3 +460,24 @@ def test_selective_and_retention_bad_input_names_the_argument(rng):
     physics.retention_chunked(u, u, u, speed, damping, phase, initial_state=jnp.zeros((2, 3, 4), jnp.complex64))
   with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
     physics.retention_chunked(u, u, u, speed, damping, phase, chunk_size=0)
+
+
+def test_state_functions_check_their_inputs_by_name(rng):
+  u, speed, damping, phase = random_problem(rng, B=2, L=6, H=4, K=3)
+  state = jnp.zeros((2, 4, 3), jnp.complex64)
+  with pytest.raises(ValueError, match=r"state must have shape \[B, H, K\] with H = 4 heads; got shape \(2, 3, 3\)"):
+    wf.wave_step(state[:, :3], u[:, 0, :3], speed, damping, phase)
+  with pytest.raises(ValueError, match="damping must be finite and > 0 for every head"):
+    wf.wave_step(state, u[:, 0], speed, -damping, phase)
+  with pytest.raises(ValueError, match=r"u_t must have the state's shape"):
+    wf.wave_step(state, u[:1, 0], speed, damping, phase)
+  with pytest.raises(ValueError, match="u has 3 heads on axis 2 but the constants have 4"):
+    physics.wave_state(u[:, :, :3], speed, damping)
+  with pytest.raises(ValueError, match="u must have shape"):
+    physics.wave_state(u[:, 0], speed, damping)
+  with pytest.raises(ValueError, match="length must be a positive integer"):
+    physics.state_response(state, speed, damping, phase, 0)
+  # Lists are arrays too, as wave_conv takes them.
+  got, _ = wf.wave_step(state.tolist(), u[:, 0].tolist(), speed, damping, phase)
+  want, _ = wf.wave_step(state, u[:, 0], speed, damping, phase)
+  assert relative_error(got, want) < 1e-7

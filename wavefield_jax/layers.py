@@ -117,6 +117,9 @@ class WaveFieldMixer(nnx.Module):
     """method, chunk_size: how the wave convolution is computed (`physics.wave_conv`); every method gives
     the same result. mesh: with a ("data", "seq") mesh, the parallel forward runs the wave convolution
     inside shard_map, positions split over "seq" (`parallel.sharded_wave_conv`)."""
+    for name, value in (("dim", dim), ("num_heads", num_heads), ("max_len", max_len)):
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
     if dim % num_heads:
       raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
     if conv_width < 1:
@@ -150,6 +153,11 @@ class WaveFieldMixer(nnx.Module):
 
   def _sources(self, x: jax.Array, history: jax.Array | None) -> tuple[jax.Array, ...]:
     """Projections and short conv: q, k, v [B, L, H, K], gate [B, L, D], and the pre-conv qkv [B, L, 3D]."""
+    if jnp.ndim(x) != 3 or jnp.shape(x)[2] != self.dim or jnp.shape(x)[1] == 0:
+      raise ValueError(
+        f"the mixer's input must have shape [B, L, D] with L >= 1 and D = {self.dim} ([B, D] for one step);"
+        f" got shape {jnp.shape(x)}"
+      )
     batch, length, _ = x.shape
     projected = checkpoint_name(self.in_proj(x), PROJECTION)  # [B, L, 4D]
     qkv, gate = jnp.split(projected, [3 * self.dim], axis=-1)  # [B, L, 3D], [B, L, D]

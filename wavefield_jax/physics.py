@@ -297,7 +297,16 @@ def wave_state(u: jax.Array, speed: jax.Array, damping: jax.Array) -> jax.Array:
   Returns:
     [B, H, K] complex64: s = sum_s lambda**(L - 1 - s) u[:, s].
   """
-  return _chunk_states(u.astype(speed.dtype)[:, None], speed, damping)[:, 0]  # all of u as one chunk
+  speed, damping, _ = _check_constants(speed, damping, jnp.zeros(jnp.shape(speed)), u)
+  _check_sources(u, speed.shape[0])
+  return _chunk_states(jnp.asarray(u).astype(speed.dtype)[:, None], speed, damping)[:, 0]  # all of u as one chunk
+
+
+def _check_state_shape(state, num_heads: int, name: str = "state") -> jax.Array:
+  """A [B, H, K] state with the constants' H heads, as an array."""
+  if jnp.ndim(state) != 3 or jnp.shape(state)[1] != num_heads:
+    raise ValueError(f"{name} must have shape [B, H, K] with H = {num_heads} heads; got shape {jnp.shape(state)}")
+  return jnp.asarray(state)
 
 
 def _response(speed: jax.Array, damping: jax.Array, phase: jax.Array, length: int) -> jax.Array:
@@ -316,6 +325,9 @@ def state_response(state: jax.Array, speed: jax.Array, damping: jax.Array, phase
   Returns:
     [B, length, H, K] float32: norm * Re(exp(i phase) lambda**(tau + 1) state), tau = 0, ..., length - 1.
   """
+  speed, damping, phase = _check_constants(speed, damping, phase)
+  state = _check_state_shape(state, speed.shape[0])
+  length = _check_length(length)
   return _state_readout(_response(speed, damping, phase, length), state[:, None])[:, 0]
 
 
@@ -505,6 +517,11 @@ def wave_step(
   Returns:
     The new [B, H, K] complex64 state, and y_t [B, H, K] float32 = norm * Re(exp(i phase) state).
   """
+  speed, damping, phase = _check_constants(speed, damping, phase, u_t)
+  state = _check_state_shape(state, speed.shape[0])
+  u_t = _check_state_shape(u_t, speed.shape[0], "u_t")
+  if jnp.shape(u_t) != jnp.shape(state):
+    raise ValueError(f"u_t must have the state's shape [B, H, K] = {jnp.shape(state)}; got {jnp.shape(u_t)}")
   decay = state_decay(speed, damping, 1)  # [H]: lambda
   state = decay[None, :, None] * state + u_t.astype(decay.dtype)
   y_t = _norm(damping)[None, :, None] * jnp.real(_rotation(phase)[None, :, None] * state)

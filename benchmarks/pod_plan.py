@@ -316,6 +316,13 @@ def write(rows: list[dict], check: dict | None, lengths: list[int], meshes: list
     + " (dense bf16 peaks; flops and bytes from XLA's CPU compile); m: memory-bound, c: compute-bound. Flops only: "
     "the step at peak arithmetic with no wait on memory, the bound for fused kernels such as flash attention.",
   ]
+  if any(model.endswith("+remat") for model in models):
+    notes.append(
+      "+remat: model.remat='full' (each residual branch recomputed in the backward pass) and the head and loss over "
+      f"tiles of {LOSS_TILE} positions. XLA's cost analysis leaves out the flops inside the conditional that holds "
+      "each branch's recomputed backward pass, so their TFLOP and roofline columns omit the recompute (about a "
+      "third of a step's flops): read them as an upper bound on speed."
+    )
   if check and "error" not in check:
     ratio = check["measured_bytes"] / check["device_bytes"]
     notes.append(

@@ -190,7 +190,7 @@ def longest_fit(rows: list[dict], capacity: float) -> str:
   compiled lengths around it (beyond the longest: through the two longest), marked ~."""
   points = sorted((r["length"], r["device_bytes"]) for r in rows if "error" not in r)
   if not points:
-    return "none"
+    return "-"  # not compiled on this mesh
   if points[0][1] > capacity:
     return f"<{points[0][0] // 1024}k"
   if len(points) == 1:

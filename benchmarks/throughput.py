@@ -1,8 +1,8 @@
 """Training throughput: tokens per second of one full jitted train step (forward, backward, AdamW).
 
 The default model size (D=128, 4 layers) as wave (its wave convolution by FFT, as before the matmul form,
-and by "auto"), Transformer and hybrid, at several window lengths with the same 8192 tokens per step
-(batch = 8192 / L), float32, each case in a fresh process.
+and by "auto"), Transformer, hybrid, and the selective and retention forms (4 layers of each), at several
+window lengths with the same 8192 tokens per step (batch = 8192 / L), float32, each case in a fresh process.
 
   python -m benchmarks.throughput [--lengths 256,1024,4096,8192] [--repeats 5]
 """
@@ -22,6 +22,8 @@ MODELS = {
   "wave": (("wave",) * 4, "auto"),
   "transformer": (("attention",) * 4, "auto"),
   "hybrid": (("wave", "wave", "attention", "wave"), "auto"),
+  "selective": (("selective",) * 4, "auto"),
+  "retention": (("retention",) * 4, "auto"),
 }
 TOKENS_PER_STEP = 8192
 
@@ -83,14 +85,18 @@ def write(rows: list[dict], lengths: list[int]) -> None:
         f"{rate['wave'] / rate['wave_fft']:.2f}x",
         f"{rate['wave'] / rate['transformer']:.2f}x",
         f"{rate['hybrid'] / rate['transformer']:.2f}x",
+        f"{rate['wave'] / rate['selective']:.2f}x",
+        f"{rate['wave'] / rate['retention']:.2f}x",
       ]
     )
   header = ["L", *(f"{m} tok/s" for m in MODELS), "wave / wave_fft", "wave / transformer", "hybrid / transformer"]
+  header += ["selective step / wave step", "retention step / wave step"]
   table = common.markdown_table(header, table_rows)
   table += f"\n\nDefault size (D=128, 4 layers), {TOKENS_PER_STEP} tokens per step, float32, median step time."
   common.write_results("throughput", {"machine": common.machine(), "rows": rows}, table)
   fig, ax = plt.subplots(figsize=(6.5, 4))
-  for model, colour in zip(MODELS, ("tab:cyan", "tab:blue", "tab:red", "tab:purple"), strict=True):
+  colours = ("tab:cyan", "tab:blue", "tab:red", "tab:purple", "tab:green", "tab:orange")
+  for model, colour in zip(MODELS, colours, strict=True):
     xs = [n for n in lengths if "tokens_per_s" in by[(model, n)]]
     ax.plot(xs, [by[(model, n)]["tokens_per_s"] for n in xs], "o-", color=colour, label=model)
   ax.set_xscale("log", base=2)

@@ -102,10 +102,9 @@ def token_losses(graphdef: nnx.GraphDef, params: dict, batch: jax.Array) -> jax.
   return model.token_losses(batch[:, :-1], batch[:, 1:])
 
 
-# XLA's CPU compiler (jaxlib 0.10) hands reductions to YNNPACK fusions, which run a reduction over an array
-# with a leading axis of size 1 (one sequence per step) 5-15x slower than over two: a train step at B = 1,
-# L = 8k took 2.5x the time per token of B = 2, L = 4k, the RMS norms' and the mixers' gradients holding it.
-# Without those fusions the rate per token is flat from B = 8 x 256 to B = 1 x 8192 (benchmarks/throughput).
+# XLA's CPU compiler (jaxlib 0.10) hands reductions to YNNPACK fusions, which are many times slower over an
+# array whose leading axis is 1: one sequence per step (the long-context case) then costs several times as
+# much per token. Without them the cost per token is flat in L (benchmarks/long_context).
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 

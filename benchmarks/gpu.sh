@@ -34,7 +34,7 @@ export WAVEFIELD_RESULTS="$out"
 if $dry_run; then
   export JAX_PLATFORMS=cpu
   scaling=(--lengths 256 --sweep-lengths 256 --repeats 1 --attention-max 256 --timeout 60)
-  throughput=(--lengths 128 --repeats 1)
+  throughput=(--lengths 128 --repeats 1 --models wave_fft,wave,transformer,hybrid)
   decode=(--contexts 256 --repeats 2)
   limits=(120 90 60)
 else

@@ -56,11 +56,12 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--lengths", default="256,1024,4096,8192")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--models", default=",".join(MODELS), help=f"any of {','.join(MODELS)}")
   args = parser.parse_args()
   lengths = [int(v) for v in args.lengths.split(",")]
   rows = []
   for length in lengths:
-    for model in MODELS:
+    for model in args.models.split(","):
       result = common.run_case(MODULE, {"model": model, "length": length, "repeats": args.repeats})
       print(result, flush=True)
       rows.append(result)
@@ -77,7 +78,7 @@ def write(rows: list[dict], lengths: list[int]) -> None:
   nan = float("nan")
   table_rows = []
   for length in lengths:
-    rate = {m: by[(m, length)].get("tokens_per_s", nan) for m in MODELS}
+    rate = {m: by.get((m, length), {}).get("tokens_per_s", nan) for m in MODELS}
     table_rows.append(
       [
         f"{length:,}",
@@ -97,7 +98,7 @@ def write(rows: list[dict], lengths: list[int]) -> None:
   fig, ax = plt.subplots(figsize=(6.5, 4))
   colours = ("tab:cyan", "tab:blue", "tab:red", "tab:purple", "tab:green", "tab:orange")
   for model, colour in zip(MODELS, colours, strict=True):
-    xs = [n for n in lengths if "tokens_per_s" in by[(model, n)]]
+    xs = [n for n in lengths if "tokens_per_s" in by.get((model, n), {})]
     ax.plot(xs, [by[(model, n)]["tokens_per_s"] for n in xs], "o-", color=colour, label=model)
   ax.set_xscale("log", base=2)
   ax.set_xlabel("window length L")

@@ -19,13 +19,12 @@ KINDS = {
   "transformer": ("attention", "attention"),
   "hybrid": ("wave", "attention"),
   "hybrid_local": ("wave", "local"),  # sliding window of 8: the 40-token tests reach five windows back
-  "selective": ("selective", "selective"),
-  "retention": ("retention", "retention"),
   "selective_retention": ("selective", "retention"),
 }
-# The section 7 mixers' model-level cases compile many small einsums: in the full set only (test_layers
-# keeps their mixer-level decode and causality cases in the fast one).
-KIND_CASES = [pytest.param(k, marks=pytest.mark.slow) if k.startswith(("selective", "retention")) else k for k in KINDS]
+# The section 7 mixers' model-level cases compile many small einsums: in the full set only.
+# One model with both (selective, then retention) carries them here; test_layers holds each one alone.
+KIND_CASES = [k for k in KINDS if k != "selective_retention"]
+KIND_CASES.append(pytest.param("selective_retention", marks=pytest.mark.slow))
 
 
 def small_model(mixers, seed=0, **overrides):

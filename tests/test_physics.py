@@ -415,9 +415,9 @@ def test_selective_and_retention_never_depend_on_the_future(rng):
 @pytest.mark.slow
 def test_selective_and_retention_gradients_to_second_order(rng):
   with jax.enable_x64(True):
-    u, speed, damping, phase = (np.float64(a) for a in random_problem(rng, B=1, L=20, H=2, K=2))
-    delta = np.float64(random_clock(rng, 1, 20, 2))
-    q, k, v = (rng.standard_normal((1, 20, 2, 2)) for _ in range(3))
+    u, speed, damping, phase = (np.float64(a) for a in random_problem(rng, B=1, L=10, H=2, K=2))
+    delta = np.float64(random_clock(rng, 1, 10, 2))
+    q, k, v = (rng.standard_normal((1, 10, 2, 2)) for _ in range(3))
 
     @jax.jit
     def selective(delta, speed, log_damping, phase):

@@ -132,9 +132,8 @@ def test_physics_functions_run_under_pmap(rng):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("data, seq", [(2, 4), (1, 8)])
-def test_sequence_parallel_selective_and_retention_equal_single_device(rng, data, seq):
-  mesh = sharding.make_mesh(data, seq)
+def test_sequence_parallel_selective_and_retention_equal_single_device(rng):
+  mesh = sharding.make_mesh(2, 4)  # batch split too, and a ragged last chunk on every device
   u, speed, damping, phase = random_problem(rng, B=4, L=96, H=3, K=2)
   damping[0] = 1e-3
   delta = np.exp(rng.uniform(-3, 1, u.shape[:3])).astype(np.float32)

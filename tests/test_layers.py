@@ -240,7 +240,7 @@ def test_selective_mixer_starts_as_the_wave_mixer(rng):
   wave, selective = make_mixer(seed), make_new_mixer("selective", seed, chunk_size=None)
   x = rng.standard_normal((2, 50, 32)).astype(np.float32)
   delta = np.asarray(selective.clock_steps(x))
-  assert np.all((delta > 0.8) & (delta < 1.25))  # about one step per token at initialisation
+  assert np.all((delta > 0.5) & (delta < 2.0)) and abs(delta.mean() - 1) < 0.1  # about one step per token
   selective.clock.kernel[...] = jnp.zeros_like(selective.clock.kernel[...])  # exactly one step per token
   np.testing.assert_allclose(np.asarray(selective.clock_steps(x)), 1.0, rtol=1e-6)
   assert relative_error(selective(x), wave(x)) < 1e-5

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast bench lint format clean
+.PHONY: train test test-fast docs bench lint format clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required; set PYTHON=python3.11")'
@@ -23,6 +23,7 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m ruff format --check .
+	site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet --site-dir $$site && rm -rf $$site
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 # The edit-test loop (under 2 minutes): everything but the tests marked slow (training, processes, 64k,
@@ -30,6 +31,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -n 2 -m "not slow"
+
+# The documentation site, into site/ (`python -m mkdocs serve` to browse it while editing).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 # The CPU benchmark set (about 40 minutes on 2 cores); quality, recall and the soak train models and take
 # longer: run them by hand (`python -m benchmarks.quality`, `.recall`, `.soak`).
@@ -44,4 +49,4 @@ lint format: $(STAMP)
 	$(BIN)/python -m ruff check --fix .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

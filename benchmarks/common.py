@@ -87,9 +87,3 @@ def write_results(name: str, payload: dict, table: str) -> None:
   (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
   (RESULTS / f"{name}.md").write_text(table + "\n")
   print(table)
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-  return "\n".join(lines)

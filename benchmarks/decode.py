@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from wavefield_jax import plots
+from wavefield_jax.analysis import markdown_table
 
 MODULE = "benchmarks.decode"
 MODELS = {
@@ -87,10 +89,7 @@ def main() -> None:
 
 
 def write(rows: list[dict], contexts: list[int]) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
 
   by = {(r["model"], r["context"]): r for r in rows}
   get = lambda model, context, key: by[(model, context)].get(key, float("nan"))  # noqa: E731
@@ -104,7 +103,7 @@ def write(rows: list[dict], contexts: list[int]) -> None:
     table_rows.append(cells)
   header = ["context"] + [f"{m} ms/token" for m in MODELS] + ["transformer / wave"]
   header += [f"{m} peak RSS MiB" for m in MODELS] + [f"{m} cache MiB" for m in MODELS]
-  table = common.markdown_table(header, table_rows)
+  table = markdown_table(table_rows, header)
   flat = {m: get(m, contexts[-1], "latency_ms") / get(m, contexts[0], "latency_ms") for m in MODELS}
   table += (
     f"\n\nLatency at {contexts[-1]:,} / at {contexts[0]:,}: "

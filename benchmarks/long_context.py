@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
+from wavefield_jax import plots
+from wavefield_jax.analysis import markdown_table
 
 MODULE = "benchmarks.long_context"
 TOKENS_PER_STEP = 65536
@@ -77,12 +79,12 @@ def measure_step(case: dict) -> dict:
 def held_out_corpus(length: int):
   """The shipped corpus; where one held-out split is shorter than a window (256k bytes against the 231k of
   the validation plays) validation and test are the four held-out plays together."""
-  from wavefield_jax import data
+  from wavefield_jax import input_pipeline, sources, tokenizers
 
-  documents = data.shakespeare_documents()
+  documents = sources.shakespeare_documents()
   if min(sum(len(d) for d in documents[split]) for split in ("validation", "test")) < length + 1:
     documents["validation"] = documents["test"] = documents["validation"] + documents["test"]
-  return data.tokenize(documents, data.get_tokenizer("bytes"), length)
+  return input_pipeline.tokenize(documents, tokenizers.get_tokenizer("bytes"), length)
 
 
 def measure_train(case: dict) -> dict:
@@ -182,10 +184,7 @@ def key(row: dict) -> str:
 
 
 def write(rows: list[dict]) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
 
   def pick(**match):
     return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), {})
@@ -208,7 +207,7 @@ def write(rows: list[dict]) -> None:
   sections.append(
     f"Train step of the default wave model (D=128, 4 layers, float32), {TOKENS_PER_STEP:,} tokens per step, median of "
     "the repeats:\n\n"
-    + common.markdown_table(["L", "batch", "tok/s", "tok/s, remat full", "remat full step time"], rate_rows)
+    + markdown_table(rate_rows, ["L", "batch", "tok/s", "tok/s, remat full", "remat full step time"])
     + (
       f"\n\nCost per token at L = {RATE_LENGTHS[-1]:,} over that at L = {RATE_LENGTHS[0]:,}: "
       f"{first['tokens_per_s'] / last['tokens_per_s']:.2f}x."
@@ -226,8 +225,8 @@ def write(rows: list[dict]) -> None:
     cause_rows.append([name, rate(two), rate(one), ratio])
   sections.append(
     "One sequence per step, 8,192 tokens per step:\n\n"
-    + common.markdown_table(
-      ["compiled with", "B = 2 x 4k tok/s", "B = 1 x 8k tok/s", "per-token cost, 1 x 8k / 2 x 4k"], cause_rows
+    + markdown_table(
+      cause_rows, ["compiled with", "B = 2 x 4k tok/s", "B = 1 x 8k tok/s", "per-token cost, 1 x 8k / 2 x 4k"]
     )
   )
   dense, tiled = pick(part="loss", loss_chunk_size=None), pick(part="loss", loss_chunk_size=LOSS_TILE)
@@ -259,9 +258,7 @@ def write(rows: list[dict]) -> None:
   sections.append(
     "Training the default wave model on the shipped corpus, one window per step (the rate table above gives its "
     "speed; these runs shared the machine):\n\n"
-    + common.markdown_table(
-      ["window", "with", "peak RSS MiB", "train loss, first -> last step", "validation BPB"], train_rows
-    )
+    + markdown_table(train_rows, ["window", "with", "peak RSS MiB", "train loss, first -> last step", "validation BPB"])
   )
   common.write_results("long_context", {"machine": common.machine(), "rows": rows}, "\n\n".join(sections))
 

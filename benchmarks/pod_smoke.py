@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 from benchmarks import common
+from wavefield_jax import plots
+from wavefield_jax.analysis import markdown_table
 from wavefield_jax.workdir import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,22 +107,9 @@ def main() -> None:
 
 
 def write(rows: list[dict], steps: int) -> None:
-  import matplotlib
+  plt = plots.pyplot()
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  table = common.markdown_table(
-    [
-      "model",
-      "parameters",
-      "/ 125M",
-      "loss at step 1",
-      f"loss at step {steps}",
-      "fall",
-      "resumed - straight",
-      "s / step",
-    ],
+  table = markdown_table(
     [
       [
         r["model"],
@@ -133,6 +122,16 @@ def write(rows: list[dict], steps: int) -> None:
         f"{r['s_per_step']:.1f}",
       ]
       for r in rows
+    ],
+    [
+      "model",
+      "parameters",
+      "/ 125M",
+      "loss at step 1",
+      f"loss at step {steps}",
+      "fall",
+      "resumed - straight",
+      "s / step",
     ],
   )
   table += (

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 
 from benchmarks import common
+from wavefield_jax import plots
+from wavefield_jax.analysis import markdown_table
 from wavefield_jax.workdir import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,18 +117,20 @@ def score(size: str, model: str, seed: int, steps: int) -> dict:
   import jax.numpy as jnp
   from flax import nnx
 
-  from wavefield_jax import analysis, data
+  from wavefield_jax import analysis, input_pipeline, sources, tokenizers
+  from wavefield_jax.checkpointing import load_trained
   from wavefield_jax.train_lib import evaluate, make_eval_step
-  from wavefield_jax.workdir import load_trained
 
   graphdef, params, config, step = load_trained(run_dir(size, model, seed, steps))
-  corpus = data.tokenize(data.shakespeare_documents(), data.get_tokenizer(config.data.tokenizer), config.data.seq_len)
+  corpus = input_pipeline.tokenize(
+    sources.shakespeare_documents(), tokenizers.get_tokenizer(config.data.tokenizer), config.data.seq_len
+  )
   eval_step = make_eval_step(graphdef)
   token_bytes = jnp.asarray(corpus.tokenizer.token_bytes)
   wave = "wave" in config.model.mixers
   result = {"step": step, "constants": analysis.constants_table(nnx.merge(graphdef, params)) if wave else []}
   for split in ("validation", "test"):
-    windows, weights = data.eval_windows(corpus.tokens[split], config.data.seq_len)
+    windows, weights = input_pipeline.eval_windows(corpus.tokens[split], config.data.seq_len)
     result[split] = evaluate(eval_step, params, windows, weights, token_bytes, batch_size=16)["bpb"]
   return result
 
@@ -187,10 +191,7 @@ def reused_runs(paths: list[str], size: str, steps: int) -> dict:
 
 
 def write(results: dict, models: list[str], seeds: list[int], steps: int, size: str, tag: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
 
   rows = []
   for model in models:
@@ -210,7 +211,8 @@ def write(results: dict, models: list[str], seeds: list[int], steps: int, size: 
     curve = dict(results[f"transformer_s{seed}"]["curve"])
     quarter = max(s for s in curve if s <= 0.75 * steps)
     plateau.append(1 - curve[steps] / curve[quarter])
-  table = common.markdown_table(
+  table = markdown_table(
+    rows,
     [
       "model",
       "validation BPB mean (range)",
@@ -219,7 +221,6 @@ def write(results: dict, models: list[str], seeds: list[int], steps: int, size: 
       "test / transformer (range)",
       "wall min / run",
     ],
-    rows,
   )
   table += (
     f"\n\n{SIZE_NOTES[size]}; {steps} steps x 8 x 256 bytes, seeds {seeds}; "

@@ -29,20 +29,13 @@ import time
 import numpy as np
 
 from benchmarks import common
+from wavefield_jax import plots
+from wavefield_jax.analysis import markdown_table
+from wavefield_jax.config import TWO_LAYER_MIXERS
 
 MODULE = "benchmarks.recall"
 CASE_KEYS = ("task", "length", "pairs", "vocab", "model", "steps", "tokens_per_step", "learning_rate")
-MIXERS = {
-  "wave": ("wave", "wave"),
-  "transformer": ("attention", "attention"),
-  "hybrid": ("wave", "attention"),
-  "hybrid_local": ("wave", "local"),
-  "selective": ("selective", "selective"),
-  "retention": ("retention", "retention"),
-  "selective_retention": ("selective", "retention"),
-  "selective_local": ("selective", "local"),
-  "retention_local": ("retention", "local"),
-}
+MIXERS = TWO_LAYER_MIXERS
 DEFAULT_MODELS = "transformer,wave,hybrid,hybrid_local"
 # Rows measured before the sweep existed all trained at this rate.
 FIRST_LEARNING_RATE = 3e-3
@@ -230,10 +223,7 @@ def best_rows(rows: list[dict], tokens_per_step: int) -> dict[tuple, dict]:
 
 
 def write(rows: list[dict], tokens_per_step: int) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
 
   best = best_rows(rows, tokens_per_step)
   specs = list(dict.fromkeys(spec for spec, _ in best))
@@ -247,7 +237,7 @@ def write(rows: list[dict], tokens_per_step: int) -> None:
   table_rows = [
     [name, f"{spec[-1]:,}", *(cell(spec, m) for m in models)] for name, spec in zip(names, specs, strict=True)
   ]
-  table = common.markdown_table(["case", "steps", *models], table_rows)
+  table = markdown_table(table_rows, ["case", "steps", *models])
   table += (
     f"\n\nAnswer accuracy at the best learning rate tried (in brackets). 2 layers, D=64, steps of "
     f"{tokens_per_step:,} tokens, loss on answers only; 512 unseen sequences; *_local: the named mixer, then "

@@ -25,6 +25,8 @@ import math
 import numpy as np
 
 from benchmarks import common
+from wavefield_jax import plots
+from wavefield_jax.analysis import markdown_table
 
 MODULE = "benchmarks.scaling"
 KINDS = ("fft", "matmul", "fft_floor", "memory_floor", "wave_mixer", "attention")
@@ -149,10 +151,7 @@ def _ratio(a: float, b: float, fmt: str = ".2f") -> str:
 def write(
   rows: list[dict], lengths: list[int], kinds: tuple[str, ...], sweep: list[dict], sweep_lengths: list[int]
 ) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
 
   by = {(r["kind"], r["pass"], r["length"]): r for r in rows}
   ms = lambda kind, p, n: by[(kind, p, n)].get("median_ms", math.nan)  # noqa: E731
@@ -179,7 +178,7 @@ def write(
         slopes[kind] = slope(xs, [ms(kind, pass_, n) for n in xs])
     summary[pass_] = slopes
     slope_text = ", ".join(f"{k} {v:.2f}" for k, v in slopes.items())
-    sections.append(f"### {pass_}\n\n" + common.markdown_table(header, table_rows) + f"\n\nlog-log slope: {slope_text}")
+    sections.append(f"### {pass_}\n\n" + markdown_table(table_rows, header) + f"\n\nlog-log slope: {slope_text}")
 
   cost_rows = []
   for pass_ in PASSES:
@@ -198,7 +197,7 @@ def write(
         )
   sections.append(
     "### flops and bytes per element of u (XLA cost analysis), achieved GFLOP/s\n\n"
-    + common.markdown_table(["pass", "method", "L", "flops / element", "bytes / element", "GFLOP/s"], cost_rows)
+    + markdown_table(cost_rows, ["pass", "method", "L", "flops / element", "bytes / element", "GFLOP/s"])
   )
 
   if sweep:
@@ -211,7 +210,7 @@ def write(
           cells.append(_cell(swept[(pass_, length, chunk_size)], "median_ms", ",.1f"))
       sweep_rows.append(cells)
     header = ["T"] + [f"{n:,} {p} (ms)" for n in sweep_lengths for p in PASSES]
-    sections.append("### matmul chunk size T\n\n" + common.markdown_table(header, sweep_rows))
+    sections.append("### matmul chunk size T\n\n" + markdown_table(sweep_rows, header))
 
   table = "\n\n".join(sections) + (
     "\n\nB=1, D=512, 8 heads of K=64, float32; median of runs, each case in a fresh process; "

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
+from wavefield_jax import plots
+from wavefield_jax.analysis import markdown_table
 from wavefield_jax.workdir import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,7 +130,7 @@ def main() -> None:
     for i, k in enumerate(kills)
   ]
   header = ["start", "killed after (s)", "logged before it", "it resumed from", "logged when killed", "resume ok"]
-  table = common.markdown_table(header, rows)
+  table = markdown_table(rows, header)
   table += (
     f"\n\n{summary['kills_survived']} of {len(kills)} kills survived; final validation loss "
     f"{got[0] if got else 'n/a'} vs {want[0]} uninterrupted ({'equal' if summary['final_equal'] else 'DIFFERENT'}); "
@@ -141,10 +143,7 @@ def main() -> None:
 
 
 def plot(reference: dict[int, float], killed: dict[int, float], kills: list[dict]) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
 
   fig, ax = plt.subplots(figsize=(8, 3.8))
   ax.plot(sorted(reference), [reference[s] for s in sorted(reference)], lw=3, alpha=0.4, label="uninterrupted")

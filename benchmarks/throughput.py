@@ -14,6 +14,8 @@ import argparse
 import numpy as np
 
 from benchmarks import common
+from wavefield_jax import plots
+from wavefield_jax.analysis import markdown_table
 
 MODULE = "benchmarks.throughput"
 # model name -> (mixers, wave method)
@@ -69,10 +71,7 @@ def main() -> None:
 
 
 def write(rows: list[dict], lengths: list[int]) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
 
   by = {(r["model"], r["length"]): r for r in rows}
   nan = float("nan")
@@ -92,7 +91,7 @@ def write(rows: list[dict], lengths: list[int]) -> None:
     )
   header = ["L", *(f"{m} tok/s" for m in MODELS), "wave / wave_fft", "wave / transformer", "hybrid / transformer"]
   header += ["selective step / wave step", "retention step / wave step"]
-  table = common.markdown_table(header, table_rows)
+  table = markdown_table(table_rows, header)
   table += f"\n\nDefault size (D=128, 4 layers), {TOKENS_PER_STEP} tokens per step, float32, median step time."
   common.write_results("throughput", {"machine": common.machine(), "rows": rows}, table)
   fig, ax = plt.subplots(figsize=(6.5, 4))

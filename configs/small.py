@@ -10,25 +10,13 @@ retention (the wave on a data-dependent clock, the wave weighting the query-key 
 
 import ml_collections
 
-from wavefield_jax.config import base_config
-
-MIXERS = {
-  "wave": ("wave", "wave"),
-  "transformer": ("attention", "attention"),
-  "hybrid": ("wave", "attention"),
-  "hybrid_local": ("wave", "local"),
-  "selective": ("selective", "selective"),
-  "retention": ("retention", "retention"),
-  "selective_retention": ("selective", "retention"),
-  "selective_local": ("selective", "local"),
-  "retention_local": ("retention", "local"),
-}
+from wavefield_jax.config import TWO_LAYER_MIXERS, base_config
 
 
 def get_config(kind: str = "wave") -> ml_collections.ConfigDict:
-  if kind not in MIXERS:
-    raise ValueError(f"configs/small.py takes one of {sorted(MIXERS)}; got {kind!r}")
+  if kind not in TWO_LAYER_MIXERS:
+    raise ValueError(f"configs/small.py takes one of {sorted(TWO_LAYER_MIXERS)}; got {kind!r}")
   config = base_config()
   config.model.update(dict(dim=64, num_layers=2, num_heads=4, mlp_dim=192))
-  config.model.mixers = MIXERS[kind]
+  config.model.mixers = TWO_LAYER_MIXERS[kind]
   return config

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from reference import relative_error
 
-from wavefield_jax import analysis, data, physics
+from wavefield_jax import analysis, input_pipeline, physics, plots, tokenizers
 from wavefield_jax.config import model_config
 from wavefield_jax.layers import WaveFieldMixer, inverse_softplus
 from wavefield_jax.model import WaveFieldLM
@@ -154,8 +154,8 @@ def test_inspect_writes_the_report_of_a_trained_workdir(tmp_path, rng):
   from wavefield_jax.config import base_config
 
   text = bytes(rng.integers(97, 123, 20_000).astype(np.uint8))
-  corpus = data.tokenize(
-    {"train": [text], "validation": [text[:4000]], "test": [text[:4000]]}, data.ByteTokenizer(), 32
+  corpus = input_pipeline.tokenize(
+    {"train": [text], "validation": [text[:4000]], "test": [text[:4000]]}, tokenizers.ByteTokenizer(), 32
   )
   config = base_config()
   config.seed = 7
@@ -201,7 +201,7 @@ def test_clock_steps_and_retention_matches_are_what_the_layers_compute(rng, tmp_
   q, k, v, _, _ = mixer._queries_keys(x1, None)
   want, _ = physics.retention_chunked(q, k, v, *mixer.constants(), 8)
   assert relative_error(np.einsum("bhts,bshv->bthv", match, v), want) < 1e-5
-  analysis.plot_clock(analysis.clock_steps(model, tokens), tmp_path / "clock.png", labels=list("abcdefghijklmnopqrst"))
+  plots.plot_clock(analysis.clock_steps(model, tokens), tmp_path / "clock.png", labels=list("abcdefghijklmnopqrst"))
   assert (tmp_path / "clock.png").stat().st_size > 1000
   with pytest.raises(ValueError, match="has no selective layer"):
     analysis.clock_steps(WaveFieldLM(model_config(vocab_size=64, dim=32, num_heads=4), rngs=nnx.Rngs(0)), tokens)

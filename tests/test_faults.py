@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from helpers import file_digests, read_losses, tiny_config, tiny_corpus
 
-from wavefield_jax import data, train_lib
-from wavefield_jax.checkpointing import Checkpointer, DamagedCheckpointError, write_text_atomic
+from wavefield_jax import input_pipeline, tokenizers, train_lib
+from wavefield_jax.checkpointing import Checkpointer, DamagedCheckpointError, load_trained, write_text_atomic
 from wavefield_jax.train_lib import train_and_evaluate
-from wavefield_jax.workdir import TrainingError, check_workdir, load_trained
+from wavefield_jax.workdir import TrainingError, check_workdir
 
 # Trains models, starts processes or compiles many shapes: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -230,12 +230,14 @@ def test_a_full_disk_is_refused_before_training(tmp_path, monkeypatch):
 POISON = 7  # a token that occurs once in the training text: every batch that holds it goes non-finite
 
 
-def poisoned_corpus() -> tuple[data.Corpus, bytes]:
+def poisoned_corpus() -> tuple[input_pipeline.Corpus, bytes]:
   rng = np.random.default_rng(3)
   text = bytearray(rng.integers(97, 123, 4000).astype(np.uint8))
   text[1234] = POISON
   clean = bytes(rng.integers(97, 123, 2000).astype(np.uint8))
-  return data.tokenize({"train": [bytes(text)], "validation": [clean], "test": [clean]}, data.ByteTokenizer(), 32), text
+  return input_pipeline.tokenize(
+    {"train": [bytes(text)], "validation": [clean], "test": [clean]}, tokenizers.ByteTokenizer(), 32
+  ), text
 
 
 @pytest.fixture
@@ -249,9 +251,11 @@ def poison(monkeypatch):
   monkeypatch.setattr(train_lib, "token_losses", poisoned)
 
 
-def poisoned_steps(corpus: data.Corpus, config) -> list[int]:
+def poisoned_steps(corpus: input_pipeline.Corpus, config) -> list[int]:
   """Which steps' batches hold the poison, from the data pipeline alone."""
-  dataset = iter(data.train_dataset(corpus.tokens["train"], config.data.seq_len, config.train.batch_size, config.seed))
+  dataset = iter(
+    input_pipeline.train_dataset(corpus.tokens["train"], config.data.seq_len, config.train.batch_size, config.seed)
+  )
   return [step for step in range(1, config.train.steps + 1) if (next(dataset) == POISON).any()]
 
 

@@ -5,12 +5,14 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from reference import future_leak, relative_error
 
 import wavefield_jax as wf
 from wavefield_jax import layers
+from wavefield_jax.train_lib import param_labels
 
 
 def make_mixer(
@@ -264,3 +266,28 @@ def test_retention_output_scale_does_not_grow_with_the_matches(rng):
   once, many = mixer(x), mixer(np.tile(x, (1, 8, 1)))
   ratio = float(jnp.sqrt(jnp.mean(many[:, -8:] ** 2) / jnp.mean(once**2)))
   assert 0.5 < ratio < 2.0
+
+
+def test_param_labels_give_a_users_model_its_own_learning_rate_for_the_constants(rng):
+  class Mine(nnx.Module):  # a user's model around the wave layer
+    def __init__(self, rngs):
+      self.mixer = wf.WaveFieldMixer(16, 2, max_len=64, rngs=rngs)
+      self.head = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.head(self.mixer(x))
+
+  model = Mine(nnx.Rngs(0))
+  labels = param_labels(model)
+  assert labels["mixer"]["speed_raw"] == "wave" and labels["head"]["kernel"] == "decay"
+  assert labels["head"]["bias"] == "no_decay"
+  frozen = {"wave": optax.set_to_zero(), "decay": optax.adam(1e-2), "no_decay": optax.adam(1e-2)}
+  optimizer = nnx.Optimizer(model, optax.multi_transform(frozen, labels), wrt=nnx.Param)
+  before = nnx.state(model, nnx.Param)
+  before = jax.tree.map(jnp.copy, before)
+  x = jnp.asarray(rng.standard_normal((2, 12, 16)), jnp.float32)
+  grads = nnx.grad(lambda m: (m(x) ** 2).mean())(model)
+  optimizer.update(model, grads)
+  after = nnx.state(model, nnx.Param)
+  np.testing.assert_array_equal(after["mixer"]["speed_raw"][...], before["mixer"]["speed_raw"][...])
+  assert not np.allclose(after["head"]["kernel"][...], before["head"]["kernel"][...])

@@ -1,5 +1,6 @@
 """The tiled head and cross entropy against the dense one and a float64 reference; no [B, L, V] logits."""
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from reference import relative_error
 
 from wavefield_jax import losses
-from wavefield_jax.config import base_config, validate_model_config
+from wavefield_jax.config import validate_model_config
 from wavefield_jax.train_lib import init_state, token_losses
 
 
@@ -40,10 +41,8 @@ def test_tiled_loss_and_gradients_equal_the_dense(rng, length, tile):
 
 
 def tiny_config(**model):
-  config = base_config()
-  config.model.update(dict(vocab_size=512, dim=32, num_heads=4, mlp_dim=64, max_len=64, num_layers=2))
-  config.model.mixers = ("wave", "attention")
-  config.model.update(model)
+  config = helpers.load_config("tiny", "hybrid")
+  config.model.update(dict(vocab_size=512) | model)  # a vocabulary that is not a multiple of the tiles
   return config
 
 

@@ -11,16 +11,11 @@ import pytest
 from flax import nnx
 from reference import future_leak, relative_error
 
-from wavefield_jax.config import model_config, validate_config
+from wavefield_jax.config import TWO_LAYER_MIXERS, model_config, validate_config
 from wavefield_jax.model import WaveFieldLM, count_params
 
-KINDS = {
-  "wave": ("wave", "wave"),
-  "transformer": ("attention", "attention"),
-  "hybrid": ("wave", "attention"),
-  "hybrid_local": ("wave", "local"),  # sliding window of 8: the 40-token tests reach five windows back
-  "selective_retention": ("selective", "retention"),
-}
+# local: a sliding window of 8 (small_model), so the 40-token tests reach five windows back.
+KINDS = {k: TWO_LAYER_MIXERS[k] for k in ("wave", "transformer", "hybrid", "hybrid_local", "selective_retention")}
 # The section 7 mixers' model-level cases compile many small einsums: in the full set only.
 # One model with both (selective, then retention) carries them here; test_layers holds each one alone.
 KIND_CASES = [k for k in KINDS if k != "selective_retention"]

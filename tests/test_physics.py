@@ -1,11 +1,12 @@
 """The pure physics functions against independent float64 references (docs/design.md, sections 1-2)."""
 
+import os
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SESSION_SEED
 from jax.test_util import check_grads
 from reference import (
   conv_f64,
@@ -240,7 +241,8 @@ class TransformsTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
   def test_every_method_equals_the_float64_field_under_each_transform(self):
-    rng = np.random.default_rng([SESSION_SEED, 12])
+    # A chex TestCase takes no fixtures: the session seed comes from the environment conftest.py sets.
+    rng = np.random.default_rng([int(os.environ["TEST_SEED"]), 12])
     u, speed, damping, phase = random_problem(rng, B=2, L=70, H=3, K=2)
     want = conv_f64(u, speed, damping, phase)
     for method, chunk_size in (("fft", None), ("fft", 16), ("matmul", 16)):
@@ -479,5 +481,24 @@ def test_state_functions_check_their_inputs_by_name(rng):
     physics.state_response(state, speed, damping, phase, 0)
   # Lists are arrays too, as wave_conv takes them.
   got, _ = wf.wave_step(state.tolist(), u[:, 0].tolist(), speed, damping, phase)
-  want, _ = wf.wave_step(state, u[:, 0], speed, damping, phase)
+  want, new_state = wf.wave_step(state, u[:, 0], speed, damping, phase)
+  assert want.dtype == jnp.float32 and new_state.dtype == jnp.complex64  # output first, then the state
   assert relative_error(got, want) < 1e-7
+
+
+def test_traced_checks_name_bad_constants_under_jit(rng):
+  from jax.experimental import checkify
+
+  u = jnp.asarray(rng.standard_normal((1, 2000, 2, 3)), jnp.float32)
+  speed, damping, phase = jnp.asarray([0.3, 1.2]), jnp.asarray([0.01, 0.2]), jnp.asarray([0.0, 0.5])
+  conv = jax.jit(checkify.checkify(lambda s, d: wf.wave_conv(u, s, d, phase)))
+  with physics.traced_checks():
+    fine, y = conv(speed, damping)
+    negative, _ = conv(speed, damping.at[1].set(-0.01))
+    not_a_number, _ = conv(speed.at[0].set(jnp.nan), damping)
+  assert fine.get() is None
+  np.testing.assert_allclose(y, wf.wave_conv(u, speed, damping, phase), atol=1e-6)
+  assert "damping must be finite and > 0 for every head; got -0.0099" in negative.get()
+  assert "speed must be finite and > 0" in not_a_number.get()
+  # Outside the context the same traced call is not checked (and costs nothing): the field grows as e^(0.01 t).
+  assert np.abs(np.asarray(jax.jit(wf.wave_conv)(u, speed, damping.at[1].set(-0.01), phase))).max() > 1e6

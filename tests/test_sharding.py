@@ -1,16 +1,17 @@
 """Sharding on 8 host CPU devices: sequence-parallel wave conv, sharded train steps, no hidden gathers."""
 
 import chex
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from reference import conv_f64, random_problem, relative_error, retention_f64, selective_f64
 
 import wavefield_jax as wf
-from wavefield_jax import parallel, sharding
+from wavefield_jax import physics, sequence_parallel, sharding
 from wavefield_jax.checkpointing import Checkpointer
-from wavefield_jax.config import base_config
 from wavefield_jax.train_lib import init_state, make_train_step, token_losses
 
 
@@ -26,7 +27,7 @@ def test_sequence_parallel_conv_equals_single_device(rng, data, seq, method):
   u, speed, damping, phase = random_problem(rng, B=8, L=96, H=3, K=2)
   damping[0] = 1e-3  # a long memory crosses every device boundary
   # Chunks of 5 inside each device's 12 (or 96) positions: a ragged last chunk on every device.
-  conv = lambda *a: parallel.sharded_wave_conv(*a, mesh, method=method, chunk_size=5)  # noqa: E731
+  conv = lambda *a: sequence_parallel.sharded_wave_conv(*a, mesh, method=method, chunk_size=5)  # noqa: E731
   got = jax.jit(conv)(u, speed, damping, phase)
   assert relative_error(got, conv_f64(u, speed, damping, phase)) < 1e-3
   assert relative_error(got, wf.wave_conv(u, speed, damping, phase)) < 1e-4
@@ -43,13 +44,12 @@ def test_sequence_parallel_conv_equals_single_device(rng, data, seq, method):
 
 def test_sequence_parallel_needs_divisible_lengths(rng):
   u, speed, damping, phase = random_problem(rng, B=2, L=30, H=2, K=2)
-  with pytest.raises(ValueError, match="divisible by the mesh's seq axis"):
-    parallel.sharded_wave_conv(u, speed, damping, phase, sharding.make_mesh(2, 4))
+  with pytest.raises(ValueError, match="divisible by the mesh's 'seq' axis"):
+    sequence_parallel.sharded_wave_conv(u, speed, damping, phase, sharding.make_mesh(2, 4))
 
 
 def tiny_config(mixers=("wave", "wave")):
-  config = base_config()
-  config.model.update(dict(dim=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=64))
+  config = helpers.load_config("tiny")
   config.model.mixers = mixers
   return config
 
@@ -137,10 +137,12 @@ def test_sequence_parallel_selective_and_retention_equal_single_device(rng):
   u, speed, damping, phase = random_problem(rng, B=4, L=96, H=3, K=2)
   damping[0] = 1e-3
   delta = np.exp(rng.uniform(-3, 1, u.shape[:3])).astype(np.float32)
-  got = jax.jit(lambda *a: parallel.sharded_selective_conv(*a, mesh, chunk_size=5))(u, delta, speed, damping, phase)
+  got = jax.jit(lambda *a: sequence_parallel.sharded_selective_conv(*a, mesh, chunk_size=5))(
+    u, delta, speed, damping, phase
+  )
   assert relative_error(got, selective_f64(u, delta, speed, damping, phase)) < 1e-4
   q, k = (rng.standard_normal(u.shape).astype(np.float32) for _ in range(2))
-  got = jax.jit(lambda *a: parallel.sharded_retention(*a, mesh, chunk_size=5))(q, k, u, speed, damping, phase)
+  got = jax.jit(lambda *a: sequence_parallel.sharded_retention(*a, mesh, chunk_size=5))(q, k, u, speed, damping, phase)
   assert relative_error(got, retention_f64(q, k, u, speed, damping, phase)) < 1e-4
 
 
@@ -192,3 +194,18 @@ def test_fsdp_splits_the_state_over_data_and_seq():
     embedding = tree["embed"]["embedding"]
     assert embedding.spec == jax.sharding.PartitionSpec(("data", "seq"), None)
     assert embedding.shard_shape((512, 64)) == (64, 64)
+
+
+def test_sequence_parallel_takes_a_meshs_own_axis_names(rng):
+  u, speed, damping, phase = random_problem(rng, B=2, L=48, H=2, K=3)
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:8]).reshape(2, 4), ("batch", "model"))
+  got = sequence_parallel.sharded_wave_conv(u, speed, damping, phase, mesh, axes=("batch", "model"))
+  assert relative_error(got, physics.wave_conv(u, speed, damping, phase)) < 1e-5
+  mixer = wf.WaveFieldMixer(16, 2, max_len=64, mesh=mesh, mesh_axes=("batch", "model"), rngs=nnx.Rngs(0))
+  x = jnp.asarray(rng.standard_normal((2, 48, 16)), jnp.float32)
+  plain = wf.WaveFieldMixer(16, 2, max_len=64, rngs=nnx.Rngs(0))
+  assert relative_error(mixer(x), plain(x)) < 1e-5
+  with pytest.raises(
+    ValueError, match=r"must name the mesh's batch and sequence axes; the mesh has axes \('batch', 'model'\)"
+  ):
+    sequence_parallel.sharded_wave_conv(u, speed, damping, phase, mesh)

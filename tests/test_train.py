@@ -17,25 +17,34 @@ import ml_collections
 import pytest
 from helpers import file_digests, read_losses
 
-from wavefield_jax import data, train_lib
+from wavefield_jax import input_pipeline, tokenizers, train_lib
 from wavefield_jax.checkpointing import Checkpointer, CheckpointError
 from wavefield_jax.config import base_config
 from wavefield_jax.train_lib import train_and_evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 
-TINY_CONFIG_FILE = """
-import ml_collections
-from wavefield_jax.config import base_config
+# The tiny run the command-line tests train: configs/tiny.py's one layer of each mixer on a user's text.
+TINY_RUN = {
+  "config": f"{REPO / 'configs' / 'tiny.py'}:hybrid",
+  "config.data.source": "local_text",
+  "config.data.seq_len": 32,
+  "config.train.steps": 24,
+  "config.train.batch_size": 4,
+  "config.train.warmup_steps": 4,
+  "config.train.log_every": 1,
+  "config.train.eval_every": 10,
+  "config.train.eval_windows": 4,
+  "config.train.checkpoint_every": 5,
+  "config.train.sample_tokens": 8,
+}
 
-def get_config():
-  config = base_config()
-  config.model.update(TINY_MODEL)
-  config.data.update(dict(source="local_text", seq_len=32))
-  config.train.update(dict(steps=24, batch_size=4, warmup_steps=4, log_every=1, eval_every=10, eval_windows=4,
-                           checkpoint_every=5, sample_tokens=8))
-  return config
-""".replace("TINY_MODEL", repr(helpers.TINY_MODEL))
+
+def tiny_run_flags(**changes) -> list[str]:
+  """TINY_RUN as train.py flags, with `changes` (keys without the `config.train.` prefix) applied."""
+  run = TINY_RUN | {f"config.train.{key}": value for key, value in changes.items()}
+  return [f"--{key}={value}" for key, value in run.items()]
+
 
 # Trains models, starts processes or compiles many shapes: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -47,8 +56,8 @@ def tiny_config(**train) -> ml_collections.ConfigDict:
 
 def test_the_loop_learns_a_repetitive_text(tmp_path):
   verse = b"Shall I compare thee to a summer's day? Thou art more lovely and more temperate.\n"
-  corpus = data.tokenize(
-    {"train": [verse * 200], "validation": [verse * 5], "test": [verse * 5]}, data.ByteTokenizer(), 32
+  corpus = input_pipeline.tokenize(
+    {"train": [verse * 200], "validation": [verse * 5], "test": [verse * 5]}, tokenizers.ByteTokenizer(), 32
   )
   config = tiny_config(steps=250, learning_rate=1e-2)
   result = train_and_evaluate(config, tmp_path, corpus=corpus)
@@ -64,11 +73,11 @@ def test_the_loop_learns_a_repetitive_text(tmp_path):
   assert [(tmp_path / name).read_bytes() for name in ("metrics.jsonl", "samples.txt")] == records
 
 
-def run_train(config_file: Path, workdir: Path, text_glob: str, *overrides: str) -> subprocess.CompletedProcess:
+def run_train(run: list[str], workdir: Path, text_glob: str, *overrides: str) -> subprocess.CompletedProcess:
   command = [
     sys.executable,
     str(REPO / "train.py"),
-    f"--config={config_file}",
+    *run,
     f"--workdir={workdir}",
     f"--config.data.files.train={text_glob}",
     f"--config.data.tfds_dir={workdir.parent / 'tfds'}",
@@ -83,20 +92,18 @@ def text_files(tmp_path, rng):
   words = ["wave", "field", "damped", "speed", "phase", "token", "the", "of", "and", "light"]
   text = "\n".join(" ".join(rng.choice(words, 12)) for _ in range(600))
   (tmp_path / "corpus.txt").write_text(text)
-  config_file = tmp_path / "tiny.py"
-  config_file.write_text(TINY_CONFIG_FILE)
-  return config_file, str(tmp_path / "corpus.txt")
+  return tiny_run_flags(), str(tmp_path / "corpus.txt")
 
 
 def test_resume_in_a_new_process_gives_the_same_losses(tmp_path, text_files):
-  config_file, corpus = text_files
-  straight = run_train(config_file, tmp_path / "straight", corpus)
+  run, corpus = text_files
+  straight = run_train(run, tmp_path / "straight", corpus)
   assert straight.returncode == 0, straight.stderr[-2000:]
-  first = run_train(config_file, tmp_path / "split", corpus, "--config.train.stop_at=12")
+  first = run_train(run, tmp_path / "split", corpus, "--config.train.stop_at=12")
   assert first.returncode == 0, first.stderr[-2000:]
   assert "stopped at train.stop_at=12" in first.stdout
   assert max(read_losses(tmp_path / "split")) == 12
-  second = run_train(config_file, tmp_path / "split", corpus)
+  second = run_train(run, tmp_path / "split", corpus)
   assert second.returncode == 0, second.stderr[-2000:]
   assert "resuming from step 12" in second.stdout
   want, got = read_losses(tmp_path / "straight"), read_losses(tmp_path / "split")
@@ -106,11 +113,11 @@ def test_resume_in_a_new_process_gives_the_same_losses(tmp_path, text_files):
 
 
 def test_a_workdir_of_another_model_is_refused_and_left_untouched(tmp_path, text_files):
-  config_file, corpus = text_files
+  run, corpus = text_files
   workdir = tmp_path / "run"
-  assert run_train(config_file, workdir, corpus, "--config.train.steps=5").returncode == 0
+  assert run_train(run, workdir, corpus, "--config.train.steps=5").returncode == 0
   before = file_digests(workdir)
-  other = run_train(config_file, workdir, corpus, "--config.model.dim=48", "--config.model.mlp_dim=96")
+  other = run_train(run, workdir, corpus, "--config.model.dim=48", "--config.model.mlp_dim=96")
   assert other.returncode != 0
   assert "different config" in other.stderr and "model.dim: checkpoint 32 vs config 48" in other.stderr
   assert "Traceback" not in other.stderr
@@ -118,18 +125,20 @@ def test_a_workdir_of_another_model_is_refused_and_left_untouched(tmp_path, text
 
 
 def test_bad_corpora_give_one_clear_line(tmp_path, text_files):
-  config_file, _ = text_files
+  run, _ = text_files
   (tmp_path / "empty.txt").write_bytes(b"")
   (tmp_path / "short.txt").write_bytes(b"\xff\xfe\x00 too short")
   for name, message in (("empty.txt", "split is empty"), ("short.txt", "fewer than one training window")):
-    result = run_train(config_file, tmp_path / name.split(".")[0], str(tmp_path / name))
+    result = run_train(run, tmp_path / name.split(".")[0], str(tmp_path / name))
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
 
 
 def test_mismatched_checkpoint_restore_is_a_checkpoint_error(tmp_path):
   verse = b"To be, or not to be, that is the question.\n" * 100
-  corpus = data.tokenize({"train": [verse], "validation": [verse], "test": [verse]}, data.ByteTokenizer(), 32)
+  corpus = input_pipeline.tokenize(
+    {"train": [verse], "validation": [verse], "test": [verse]}, tokenizers.ByteTokenizer(), 32
+  )
   train_and_evaluate(tiny_config(steps=3, checkpoint_every=3), tmp_path, corpus=corpus)
   (tmp_path / "config.json").write_text(
     (tmp_path / "config.json").read_text().replace('"mlp_dim": 64', '"mlp_dim": 96')
@@ -152,9 +161,9 @@ def test_commands_define_no_flags_when_imported():
 
 
 def test_evaluate_and_sample_commands_on_a_trained_run(tmp_path, text_files):
-  config_file, corpus = text_files
+  run, corpus = text_files
   workdir = tmp_path / "run"
-  assert run_train(config_file, workdir, corpus, "--config.train.steps=5").returncode == 0
+  assert run_train(run, workdir, corpus, "--config.train.steps=5").returncode == 0
   (tmp_path / "unseen.txt").write_text("the damped wave carries light and phase\n" * 20)
   command = [
     sys.executable,
@@ -188,7 +197,7 @@ def test_evaluate_and_sample_commands_on_a_trained_run(tmp_path, text_files):
   assert bad.returncode != 0 and "top_p must be in (0, 1]" in bad.stderr
 
 
-def start_two_processes(tmp_path: Path, config_file: Path, corpus: str, workdir: Path) -> list[subprocess.Popen]:
+def start_two_processes(tmp_path: Path, run: list[str], corpus: str, workdir: Path) -> list[subprocess.Popen]:
   with socket.socket() as probe:  # a port the OS says is free now: concurrent tests never share one
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
@@ -197,7 +206,7 @@ def start_two_processes(tmp_path: Path, config_file: Path, corpus: str, workdir:
     command = [
       sys.executable,
       str(REPO / "train.py"),
-      f"--config={config_file}",
+      *run,
       f"--workdir={workdir}",
       f"--config.data.files.train={corpus}",
       f"--config.data.tfds_dir={tmp_path / f'tfds{rank}'}",
@@ -215,14 +224,9 @@ def start_two_processes(tmp_path: Path, config_file: Path, corpus: str, workdir:
 
 def test_ctrl_c_on_one_process_stops_both_after_the_same_step_and_one_checkpoint(tmp_path):
   (tmp_path / "periodic.txt").write_text("wave field jax! " * 2000)
-  config_file = tmp_path / "long.py"
-  long_run = dict(steps="steps=100000", log_every="log_every=2", eval_every="eval_every=100000")
-  text = TINY_CONFIG_FILE.replace("checkpoint_every=5", "checkpoint_every=100000")
-  for key, value in long_run.items():
-    text = re.sub(rf"\b{key}=\d+", value, text)
-  config_file.write_text(text.replace("sample_tokens=8", "sample_tokens=0"))
+  run = tiny_run_flags(steps=100000, log_every=2, eval_every=100000, checkpoint_every=100000, sample_tokens=0)
   workdir = tmp_path / "two"
-  processes = start_two_processes(tmp_path, config_file, str(tmp_path / "periodic.txt"), workdir)
+  processes = start_two_processes(tmp_path, run, str(tmp_path / "periodic.txt"), workdir)
   deadline = time.monotonic() + 480  # two processes compiling on a loaded 2-core machine can take minutes
   while not (workdir / "metrics.jsonl").exists() or not read_losses(workdir):  # both are in the loop
     ended = [p.communicate()[1][-2000:] for p in processes if p.poll() is not None]
@@ -243,11 +247,10 @@ def test_two_processes_on_localhost_agree_with_one(tmp_path):
   # A text with period 16: every window of 32 is the same, so however the processes split and shuffle
   # the windows, the global batch is the same as one process's: the losses must agree.
   (tmp_path / "periodic.txt").write_text("wave field jax! " * 2000)
-  config_file = tmp_path / "tiny.py"
-  config_file.write_text(TINY_CONFIG_FILE.replace("steps=24", "steps=6").replace("sample_tokens=8", "sample_tokens=0"))
+  run = tiny_run_flags(steps=6, sample_tokens=0)
   corpus = str(tmp_path / "periodic.txt")
-  processes = start_two_processes(tmp_path, config_file, corpus, tmp_path / "two")
-  single = run_train(config_file, tmp_path / "one", corpus, "--config.train.steps=6", "--config.train.sample_tokens=0")
+  processes = start_two_processes(tmp_path, run, corpus, tmp_path / "two")
+  single = run_train(run, tmp_path / "one", corpus, "--config.train.steps=6", "--config.train.sample_tokens=0")
   assert single.returncode == 0, single.stderr[-2000:]
   for process in processes:
     _, stderr = process.communicate(timeout=300)

@@ -43,7 +43,7 @@ def wave_mixers(model: nnx.Module) -> list[tuple[str, WaveFieldMixer]]:
   return found
 
 
-def _layer_name(path: str) -> str:
+def layer_name(path: str) -> str:
   """'blocks/2/mixer' -> '2' (the layer index of a WaveFieldLM); other paths as they are."""
   parts = path.split("/")
   return parts[1] if len(parts) == 3 and parts[0] == "blocks" and parts[2] == "mixer" else path
@@ -76,22 +76,26 @@ def constants_table(model: nnx.Module, initial: nnx.Module | None = None) -> lis
     now = np.stack([np.asarray(a, np.float64) for a in mixer.constants()], axis=1)  # [H, 3]
     before = np.stack([np.asarray(a, np.float64) for a in start.constants()], axis=1) if start else None
     for head in range(now.shape[0]):
-      row = {"layer": _layer_name(path), "head": head} | head_constants(*now[head])
+      row = {"layer": layer_name(path), "head": head} | head_constants(*now[head])
       if before is not None:
         row |= {f"{k}_init": v for k, v in head_constants(*before[head]).items()}
       rows.append(row)
   return rows
 
 
-def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
-  """Rows of `constants_table` or `constant_gradients` as a Markdown table (4 significant digits)."""
+def markdown_table(rows: Sequence[dict] | Sequence[Sequence], columns: Sequence[str] | None = None) -> str:
+  """A Markdown table of dict rows (`constants_table`, `constant_gradients`: the named `columns`, all by
+  default) or of sequence rows under the header `columns`. Floats get 4 significant digits."""
   columns = list(columns or rows[0].keys())
 
   def cell(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
+  def cells(row) -> list:
+    return [row[c] for c in columns] if isinstance(row, dict) else list(row)
+
   lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-  lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
+  lines += ["| " + " | ".join(cell(value) for value in cells(row)) + " |" for row in rows]
   return "\n".join(lines)
 
 
@@ -170,7 +174,7 @@ def constant_gradients(
 
   Args:
     windows: [N, L + 1] int token windows (inputs and next-token targets).
-    weights: optional [N, L] weights of each target (e.g. from `data.eval_windows`).
+    weights: optional [N, L] weights of each target (e.g. from `input_pipeline.eval_windows`).
 
   Returns:
     One row per layer and head, in the order of `constants_table`.
@@ -207,7 +211,7 @@ def constant_gradients(
     for head in range(speed.shape[0]):
       values = {"speed": speed[head], "damping": damping[head], "phase": phase[head]}
       grads = {"speed": d_speed[head], "damping": d_damping[head], "phase": d_phase[head]}
-      row = {"layer": _layer_name(path), "head": head}
+      row = {"layer": layer_name(path), "head": head}
       row |= {f"d_{k}": float(grads[k]) for k in CONSTANTS}
       row |= {f"{k}_x_grad": float(values[k] * grads[k]) for k in CONSTANTS}
       rows.append(row)
@@ -221,16 +225,13 @@ def load(workdir: str | Path, step: int | None = None) -> tuple[nnx.Module, nnx.
   Returns:
     model, initial model, config, step.
   """
+  from wavefield_jax.checkpointing import load_trained
   from wavefield_jax.train_lib import build_model
-  from wavefield_jax.workdir import load_trained
 
   graphdef, params, config, step = load_trained(workdir, step)
   model = nnx.merge(graphdef, params)
   _, _, initial = build_model(config, config.seed)
   return model, initial, config, step
-
-
-# Plots. Each takes arrays or a model and writes one PNG; matplotlib is imported only here.
 
 
 def _mixer_inputs(model: nnx.Module, tokens: jax.Array) -> list[tuple[str, nnx.Module, jax.Array]]:
@@ -272,152 +273,3 @@ def retention_matches(model: nnx.Module, tokens: jax.Array) -> list[tuple[str, n
   if not found:
     raise ValueError(f"{type(model).__name__} has no retention layer: there are no matches to show")
   return found
-
-
-def plot_clock(clocks: Sequence[tuple[str, np.ndarray]], path: str | Path, labels: Sequence[str] | None = None) -> None:
-  """The first row's clock steps, heads by positions, one panel per selective layer (log colour scale);
-  `labels` names the positions (e.g. the characters of the text)."""
-  plt = _pyplot()
-  from matplotlib.colors import LogNorm
-
-  fig, axes = plt.subplots(len(clocks), 1, figsize=(10, 1.2 + 0.5 * clocks[0][1].shape[2] * len(clocks)), squeeze=False)
-  for ax, (name, delta) in zip(axes[:, 0], clocks, strict=True):
-    image = ax.imshow(delta[0].T, aspect="auto", cmap="viridis", norm=LogNorm(), interpolation="nearest")
-    ax.set_title(f"layer {name}: clock step delta per token (1 = the time-invariant wave)", fontsize=9)
-    ax.set_ylabel("head")
-    if labels is not None:
-      ax.set_xticks(np.arange(len(labels)), labels, fontsize=6)
-    fig.colorbar(image, ax=ax, fraction=0.03)
-  axes[-1, 0].set_xlabel("position")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def _pyplot():
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  return plt
-
-
-def plot_kernels(model: nnx.Module, length: int, path: str | Path) -> None:
-  """Each layer's head kernels for t < length, one panel per layer. Shown divided by their normalisation
-  1 - exp(-damping), so that global heads (tiny, long kernels) are as visible as local ones."""
-  plt = _pyplot()
-  mixers = wave_mixers(model)
-  fig, axes = plt.subplots(len(mixers), 1, figsize=(8, 2.4 * len(mixers)), squeeze=False, sharex=True)
-  t = np.arange(length)
-  for ax, (name, mixer) in zip(axes[:, 0], mixers, strict=True):
-    speed, damping, phase = mixer.constants()
-    kernel = np.asarray(physics.wave_kernel(speed, damping, phase, length), np.float64)  # [H, L]
-    scale = -np.expm1(-np.asarray(damping, np.float64))  # [H]
-    for head, k in enumerate(kernel / scale[:, None]):
-      line = ax.plot(t, k, lw=1.1, label=f"head {head}")[0]
-      ax.fill_between(
-        t, -np.exp(-float(damping[head]) * t), np.exp(-float(damping[head]) * t), color=line.get_color(), alpha=0.06
-      )
-    ax.set_title(f"layer {_layer_name(name)}", fontsize=10)
-    ax.set_ylabel("k(t) / (1 - exp(-g))")
-    ax.grid(alpha=0.3)
-  axes[0, 0].legend(fontsize=7, ncols=min(8, kernel.shape[0]), loc="upper right")
-  axes[-1, 0].set_xlabel("lag t (tokens); shaded: the envelope exp(-g t)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def plot_fields(model: nnx.Module, length: int, path: str | Path) -> None:
-  """Each head's field matrix W[t, s] = k(t - s) (rows: layers, columns: heads); zero above the diagonal."""
-  plt = _pyplot()
-  mixers = wave_mixers(model)
-  heads = mixers[0][1].num_heads
-  fig, axes = plt.subplots(len(mixers), heads, figsize=(1.9 * heads, 1.9 * len(mixers)), squeeze=False)
-  for row, (name, mixer) in zip(axes, mixers, strict=True):
-    field = np.asarray(physics.wave_field(*mixer.constants(), length))  # [H, L, L]
-    for head, ax in enumerate(row):
-      limit = np.abs(field[head]).max()
-      ax.imshow(field[head], cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-      ax.set_xticks([])
-      ax.set_yticks([])
-      ax.set_title(f"L{_layer_name(name)} H{head}", fontsize=8)
-  fig.suptitle("field W[t, s] (row t: output token, column s: source token)", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def plot_medium(model: nnx.Module, length: int, steps: int, path: str | Path) -> None:
-  """Space-time pictures of a wave leaving one token, one per head of each layer (see `medium_response`)."""
-  plt = _pyplot()
-  mixers = wave_mixers(model)
-  heads = mixers[0][1].num_heads
-  fig, axes = plt.subplots(len(mixers), heads, figsize=(2.2 * heads, 2.0 * len(mixers)), squeeze=False)
-  for row, (name, mixer) in zip(axes, mixers, strict=True):
-    speed, damping, _ = (np.asarray(a, np.float64) for a in mixer.constants())
-    for head, ax in enumerate(row):
-      response = medium_response(speed[head], damping[head], length, steps)
-      ax.imshow(response, origin="lower", aspect="auto", cmap="magma", extent=(-length, length, 0, steps))
-      ax.set_title(f"L{_layer_name(name)} H{head}: c={speed[head]:.2f}, 1/g={1 / damping[head]:.0f}", fontsize=7)
-      ax.tick_params(labelsize=6)
-  for ax in axes[-1]:
-    ax.set_xlabel("position (tokens)", fontsize=7)
-  for ax in axes[:, 0]:
-    ax.set_ylabel("time", fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def plot_flow(flow: np.ndarray, path: str | Path, labels: Sequence[str] | None = None) -> None:
-  """The information-flow map of `information_flow` on a log colour scale."""
-  from matplotlib.colors import LogNorm
-
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(5.5, 4.8))
-  positive = flow[flow > 0]
-  floor = positive.max() * 1e-4 if positive.size else 1.0
-  image = ax.imshow(np.maximum(flow, floor), cmap="viridis", norm=LogNorm(vmin=floor, vmax=max(flow.max(), floor)))
-  fig.colorbar(image, ax=ax, label="|d logits[t] / d embedding[s]|")
-  if labels is not None and len(labels) <= 64:
-    ax.set_xticks(range(len(labels)), labels, fontsize=6, rotation=90)
-    ax.set_yticks(range(len(labels)), labels, fontsize=6)
-  ax.set_xlabel("source position s")
-  ax.set_ylabel("output position t")
-  ax.set_title("information flow through all layers")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def plot_constants(rows: Sequence[dict], path: str | Path) -> None:
-  """Decay length against period for every head, arrows from the initial values where known."""
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  layers = list(dict.fromkeys(r["layer"] for r in rows))
-  colours = plt.get_cmap("tab10")
-  for i, layer in enumerate(layers):
-    mine = [r for r in rows if r["layer"] == layer]
-    ax.scatter(
-      [r["period"] for r in mine], [r["decay_length"] for r in mine], color=colours(i % 10), label=f"layer {layer}"
-    )
-    for r in mine:
-      if "period_init" in r:
-        ax.annotate(
-          "",
-          xy=(r["period"], r["decay_length"]),
-          xytext=(r["period_init"], r["decay_length_init"]),
-          arrowprops={"arrowstyle": "->", "color": colours(i % 10), "alpha": 0.5},
-        )
-  ax.set_xscale("log")
-  ax.set_yscale("log")
-  ax.set_xlabel("period 2 pi / speed (tokens)")
-  ax.set_ylabel("decay length 1 / damping (tokens)")
-  ax.set_title("head constants (arrows: from initial values)")
-  ax.grid(alpha=0.3, which="both")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)

@@ -22,7 +22,12 @@ from typing import Any
 
 import jax
 import jax.experimental.multihost_utils
+import ml_collections
 import orbax.checkpoint as ocp
+from flax import nnx
+
+from wavefield_jax.config import base_config
+from wavefield_jax.model import WaveFieldLM
 
 MANIFESTS = "manifests"
 # How tensorstore reports unreadable files (an absl status code, or a failed read or open); anything
@@ -137,10 +142,21 @@ class Checkpointer:
     return restored["state"], restored["data"]
 
   def restore_params(self, step: int, like_params: Any) -> Any:
-    """Only the parameters of step `step`, into the structure of `like_params` (arrays or shape structs)."""
+    """Only the parameters of step `step`, into the structure of `like_params` (arrays or shape structs).
+    Leaves without a sharding are restored onto the first device."""
     self.verify(step)
-    abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, like_params)}
-    args = ocp.args.Composite(state=ocp.args.PyTreeRestore(abstract, partial_restore=True))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def target(leaf) -> jax.ShapeDtypeStruct:
+      struct = ocp.utils.to_shape_dtype_struct(leaf)
+      # Orbax needs the target's sharding; without it, it reads the saved one and warns.
+      if struct.sharding is not None:
+        return struct
+      return jax.ShapeDtypeStruct(struct.shape, struct.dtype, sharding=device)
+
+    abstract = {"params": jax.tree.map(target, like_params)}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+    args = ocp.args.Composite(state=ocp.args.PyTreeRestore(abstract, restore_args=restore_args, partial_restore=True))
     try:
       return self.manager.restore(step, args=args)["state"]["params"]
     except Exception as error:
@@ -197,3 +213,39 @@ class Checkpointer:
   def close(self) -> None:
     self.wait()
     self.manager.close()
+
+
+def load_trained(
+  workdir: str | Path, step: int | None = None
+) -> tuple[nnx.GraphDef, dict, ml_collections.ConfigDict, int]:
+  """The model of a training workdir at its latest (or the given) checkpoint: its parameters only.
+
+  The structure to restore into comes from `nnx.eval_shape` (nothing allocated), and only the
+  parameters are read from the checkpoint, not the optimizer's moments.
+
+  Returns:
+    graphdef, params, the config (base defaults with the workdir's model, tokenizer, seq_len and seed), step.
+  """
+  workdir = Path(workdir).expanduser().resolve()
+  record_path = workdir / "config.json"
+  if not record_path.exists():
+    raise CheckpointError(f"{workdir} is not a training workdir: it has no config.json")
+  record = json.loads(record_path.read_text())
+  config = base_config()
+  config.model.update(record["model"])
+  config.model.mixers = tuple(record["model"]["mixers"])
+  config.data.tokenizer, config.data.seq_len = record["tokenizer"], record["seq_len"]
+  config.seed = record.get("seed", config.seed)
+  checkpointer = Checkpointer(workdir / "checkpoints", asynchronous=False)
+  steps = checkpointer.all_steps()
+  if not steps:
+    raise CheckpointError(f"{workdir / 'checkpoints'} holds no complete checkpoint")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise CheckpointError(f"{workdir / 'checkpoints'} has no checkpoint of step {step}; it has steps {steps}")
+  abstract = nnx.eval_shape(lambda: WaveFieldLM(config.model, rngs=nnx.Rngs(0)))
+  graphdef, abstract_state = nnx.split(abstract)
+  params = checkpointer.restore_params(step, nnx.to_pure_dict(abstract_state))
+  checkpointer.close()
+  return graphdef, params, config, step

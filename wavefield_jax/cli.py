@@ -117,7 +117,7 @@ def run(
   --help prints `doc`, the flags and (with_config) every config key; an unknown flag or config key exits
   with status 2 and one line naming it and the nearest valid name."""
   from wavefield_jax.checkpointing import CheckpointError
-  from wavefield_jax.data import DataError
+  from wavefield_jax.sources import DataError
 
   argv = with_shipped_configs(sys.argv)
   if any(arg in HELP for arg in argv[1:]):

@@ -39,6 +39,20 @@ MIXERS = ("wave", "selective", "retention", "attention", "local")
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
 REMAT_POLICIES = ("none", "full", "projections", "offload")
+TOKENIZERS = ("bytes", "gpt2")
+SOURCES = ("shakespeare", "local_text", "wikitext103", "tfds")
+# The two-layer models by name, bottom layer first: the small and tiny configs, recall and the tests.
+TWO_LAYER_MIXERS = {
+  "wave": ("wave", "wave"),
+  "transformer": ("attention", "attention"),
+  "hybrid": ("wave", "attention"),
+  "hybrid_local": ("wave", "local"),
+  "selective": ("selective", "selective"),
+  "retention": ("retention", "retention"),
+  "selective_retention": ("selective", "retention"),
+  "selective_local": ("selective", "local"),
+  "retention_local": ("retention", "local"),
+}
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
@@ -189,10 +203,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks a whole run config once, at start; raises ValueError naming the key."""
   validate_model_config(config.model)
   data, train = config.data, config.train
-  if data.tokenizer not in ("bytes", "gpt2"):
-    raise ValueError(f"data.tokenizer must be 'bytes' or 'gpt2'; got {data.tokenizer!r}")
-  if data.source not in ("shakespeare", "local_text", "wikitext103", "tfds"):
-    raise ValueError(f"data.source must be shakespeare, local_text, wikitext103 or tfds; got {data.source!r}")
+  if data.tokenizer not in TOKENIZERS:
+    raise ValueError(f"data.tokenizer must be one of {TOKENIZERS}; got {data.tokenizer!r}")
+  if data.source not in SOURCES:
+    raise ValueError(f"data.source must be one of {SOURCES}; got {data.source!r}")
   _require_int("data.seq_len", data.seq_len, 1)
   for key in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     _require_int(f"train.{key}", train[key], 1)

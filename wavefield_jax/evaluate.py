@@ -17,12 +17,12 @@ def score_files(workdir: str | Path, paths: list[str], step: int | None = None, 
   """{"step": int, "files": [{"path", "loss", "bpb", "tokens", "bytes"}, ...]} for each text file."""
   import jax.numpy as jnp
 
-  from wavefield_jax import data as data_lib
+  from wavefield_jax import input_pipeline, sources, tokenizers
+  from wavefield_jax.checkpointing import load_trained
   from wavefield_jax.train_lib import evaluate, make_eval_step
-  from wavefield_jax.workdir import load_trained
 
   graphdef, params, config, step = load_trained(workdir, step)
-  tokenizer = data_lib.get_tokenizer(config.data.tokenizer)
+  tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
   eval_step = make_eval_step(graphdef)
   token_bytes = jnp.asarray(tokenizer.token_bytes)
   results = []
@@ -30,11 +30,11 @@ def score_files(workdir: str | Path, paths: list[str], step: int | None = None, 
     try:
       raw = Path(path).read_bytes()
     except OSError as error:
-      raise data_lib.DataError(f"cannot read {path}: {error.strerror}") from error
+      raise sources.DataError(f"cannot read {path}: {error.strerror}") from error
     tokens = tokenizer.encode(raw)
     if tokens.size < 2:
-      raise data_lib.DataError(f"{path} has {tokens.size} token(s); at least 2 are needed to score it")
-    windows, weights = data_lib.eval_windows(tokens, config.data.seq_len)
+      raise sources.DataError(f"{path} has {tokens.size} token(s); at least 2 are needed to score it")
+    windows, weights = input_pipeline.eval_windows(tokens, config.data.seq_len)
     results.append({"path": str(path)} | evaluate(eval_step, params, windows, weights, token_bytes, batch_size))
   return {"step": step, "files": results}
 

@@ -94,7 +94,9 @@ def generate(
     model: the language model.
     prompt: [B, P] int tokens, P >= 1.
     max_new_tokens: N, tokens to add.
-    temperature, top_k, top_p: see `sample_logits`.
+    temperature: see `sample_logits`.
+    top_k: see `sample_logits`.
+    top_p: see `sample_logits`.
     rng: PRNG key; the same key gives the same tokens.
 
   Returns:

@@ -37,22 +37,21 @@ def inspect_workdir(
   """Writes the report for the checkpoint of `workdir`; returns {"step", "constants", "gradients", "files"}."""
   import numpy as np
 
-  from wavefield_jax import analysis
-  from wavefield_jax import data as data_lib
+  from wavefield_jax import analysis, input_pipeline, plots, sources, tokenizers
 
   model, initial, config, step = analysis.load(workdir, step)
   out = Path(out) if out else Path(workdir) / "inspect"
   out.mkdir(parents=True, exist_ok=True)
-  tokenizer = data_lib.get_tokenizer(config.data.tokenizer)
+  tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
   if text is None:
-    tokens = data_lib.load_corpus(config.data).tokens["validation"]
+    tokens = input_pipeline.load_corpus(config.data).tokens["validation"]
   else:
     tokens = tokenizer.encode(Path(text).read_bytes())
   if tokens.size < length + 1:
-    raise data_lib.DataError(f"the text has {tokens.size} tokens; the report needs at least {length + 1}")
+    raise sources.DataError(f"the text has {tokens.size} tokens; the report needs at least {length + 1}")
 
   constants = analysis.constants_table(model, initial)
-  eval_windows, weights = data_lib.eval_windows(tokens, config.data.seq_len, windows)
+  eval_windows, weights = input_pipeline.eval_windows(tokens, config.data.seq_len, windows)
   gradients = analysis.constant_gradients(model, eval_windows, weights)
   flow_tokens = np.asarray(tokens[:length])
   flow = analysis.information_flow(model, flow_tokens)
@@ -65,11 +64,11 @@ def inspect_workdir(
     "medium": "medium.png",
     "flow": "flow.png",
   }
-  analysis.plot_constants(constants, out / files["constants"])
-  analysis.plot_kernels(model, length, out / files["kernels"])
-  analysis.plot_fields(model, min(length, 64), out / files["fields"])
-  analysis.plot_medium(model, length, length, out / files["medium"])
-  analysis.plot_flow(flow, out / files["flow"], labels if length <= 64 else None)
+  plots.plot_constants(constants, out / files["constants"])
+  plots.plot_kernels(model, length, out / files["kernels"])
+  plots.plot_fields(model, min(length, 64), out / files["fields"])
+  plots.plot_medium(model, length, length, out / files["medium"])
+  plots.plot_flow(flow, out / files["flow"], labels if length <= 64 else None)
 
   reach = _flow_reach(flow)
   report = [

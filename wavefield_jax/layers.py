@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from wavefield_jax import parallel, physics
+from wavefield_jax import physics, sequence_parallel
+from wavefield_jax.sharding import DATA, SEQ
 
 Cache = dict[str, Any]
 
@@ -66,7 +67,9 @@ def initial_constants(num_heads: int, max_len: int, rng: jax.Array) -> tuple[jax
   length are not tied together.
 
   Returns:
-    speed, damping, phase: [H] float32 physical values.
+    speed: [H] float32 physical values.
+    damping: [H] float32 physical values.
+    phase: [H] float32 physical values.
   """
   if num_heads > 1:
     damping = jnp.geomspace(1.0 / max_len, 1.0, num_heads)
@@ -86,8 +89,8 @@ def initial_constants(num_heads: int, max_len: int, rng: jax.Array) -> tuple[jax
 class GatedOutput(nnx.Module):
   """out_proj(z * silu(gate)): the output gate and projection every mixer ends with."""
 
-  def __init__(self, dim: int, *, dtype: Any, rngs: nnx.Rngs):
-    self.out_proj = nnx.Linear(dim, dim, use_bias=False, dtype=dtype, rngs=rngs)
+  def __init__(self, dim: int, *, dtype: Any, rngs: nnx.Rngs, param_dtype: Any = jnp.float32):
+    self.out_proj = nnx.Linear(dim, dim, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, z: jax.Array, gate: jax.Array) -> jax.Array:
     return self.out_proj(z * jax.nn.silu(gate))
@@ -99,6 +102,15 @@ class WaveFieldMixer(nnx.Module):
   q, k, v, g = proj(x); q, k, v go through a short causal depthwise conv; u = k * v is the source of
   the damped wave field, y = wave_conv(u); the output is out_proj((q * y) * silu(g)).
   Each head owns three trained constants (WaveParam): raw speed (softplus), log damping, phase.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> mixer = WaveFieldMixer(32, 4, max_len=128, rngs=nnx.Rngs(0))
+    >>> mixer(jnp.ones((2, 10, 32))).shape  # [B, L, D]
+    (2, 10, 32)
+    >>> sum(p.size for p in jax.tree.leaves(nnx.state(mixer, WaveParam)))  # 3 constants x 4 heads
+    12
   """
 
   def __init__(
@@ -111,12 +123,27 @@ class WaveFieldMixer(nnx.Module):
     method: str = "auto",
     chunk_size: int | None = None,
     dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    constants: tuple[jax.Array, jax.Array, jax.Array] | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    mesh_axes: tuple[str, str] = (DATA, SEQ),
     rngs: nnx.Rngs,
   ):
-    """method, chunk_size: how the wave convolution is computed (`physics.wave_conv`); every method gives
-    the same result. mesh: with a ("data", "seq") mesh, the parallel forward runs the wave convolution
-    inside shard_map, positions split over "seq" (`parallel.sharded_wave_conv`)."""
+    """Args:
+    dim: D, the model width.
+    num_heads: H; D / H channels per head.
+    max_len: the training context; the slowest head's initial damping is 1 / max_len.
+    conv_width: width of the short causal conv on q, k, v.
+    method: how the wave convolution is computed (`physics.wave_conv`); every method gives the same result.
+    chunk_size: positions per chunk of that method.
+    dtype: the compute dtype of the projections (the wave arithmetic runs in float32).
+    param_dtype: the dtype the projection weights are stored in (the constants stay float32).
+    constants: optional starting (speed, damping, phase), each [H], instead of the default spread.
+    mesh: with a mesh, the parallel forward runs the wave convolution inside shard_map, batch rows and
+      positions split over its `mesh_axes` (`sequence_parallel.sharded_wave_conv`).
+    mesh_axes: the mesh's (batch, sequence) axis names.
+    rngs: the NNX random streams for the initial weights.
+    """
     for name, value in (("dim", dim), ("num_heads", num_heads), ("max_len", max_len)):
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
@@ -126,17 +153,25 @@ class WaveFieldMixer(nnx.Module):
       raise ValueError(f"conv_width must be >= 1; got {conv_width}")
     physics.check_method(method, chunk_size, max_len)  # a bad method or chunk size fails here, named
     self.dim, self.num_heads, self.conv_width, self.dtype = dim, num_heads, conv_width, dtype
+    self.param_dtype = param_dtype
     self.method, self.chunk_size = method, chunk_size
-    self.mesh = mesh
-    self.in_proj = nnx.Linear(dim, 4 * dim, use_bias=False, dtype=dtype, rngs=rngs)  # q, k, v, gate
+    self.mesh, self.mesh_axes = mesh, mesh_axes
+    self.in_proj = nnx.Linear(
+      dim, 4 * dim, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+    )  # q, k, v, gate
     # The short conv starts as the identity plus noise: each of q, k, v first sees its own token.
     noise = 0.1 * jax.random.normal(rngs.params(), (conv_width, 3 * dim)) / math.sqrt(conv_width)
-    self.conv_kernel = nnx.Param(noise.at[0].add(1.0))  # [W, 3D]
-    speed, damping, phase = initial_constants(num_heads, max_len, rngs.params())
+    self.conv_kernel = nnx.Param(noise.at[0].add(1.0).astype(param_dtype))  # [W, 3D]
+    if constants is None:
+      speed, damping, phase = initial_constants(num_heads, max_len, rngs.params())
+    else:
+      speed, damping, phase = (jnp.asarray(c, jnp.float32) for c in physics.check_constants(*constants))
+      if speed.shape != (num_heads,):
+        raise ValueError(f"constants must be three arrays of shape [num_heads] = [{num_heads}]; got {speed.shape}")
     self.speed_raw = WaveParam(inverse_softplus(speed))  # [H]
     self.damping_log = WaveParam(jnp.log(damping))  # [H]
     self.phase = WaveParam(phase)  # [H]
-    self.output = GatedOutput(dim, dtype=dtype, rngs=rngs)
+    self.output = GatedOutput(dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def constants(self) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The physical (speed, damping, phase), each [H], from the raw trained values."""
@@ -176,7 +211,9 @@ class WaveFieldMixer(nnx.Module):
     if self.mesh is None:
       y = physics.wave_conv(u, *self.constants(), method=self.method, chunk_size=self.chunk_size)
     else:
-      y = parallel.sharded_wave_conv(u, *self.constants(), self.mesh, method=self.method, chunk_size=self.chunk_size)
+      y = sequence_parallel.sharded_wave_conv(
+        u, *self.constants(), self.mesh, method=self.method, chunk_size=self.chunk_size, axes=self.mesh_axes
+      )
     return self._readout(q, y, gate)
 
   def prefill(self, x: jax.Array, cache: Cache | None = None) -> tuple[jax.Array, Cache]:
@@ -194,7 +231,7 @@ class WaveFieldMixer(nnx.Module):
     """One token [B, D] through the recurrence: O(1) in the context length."""
     speed, damping, phase = self.constants()
     q, k, v, gate, qkv = self._sources(x_t[:, None], cache["conv"])  # L = 1
-    state, y_t = physics.wave_step(cache["wave"], k[:, 0] * v[:, 0], speed, damping, phase)
+    y_t, state = physics.wave_step(cache["wave"], k[:, 0] * v[:, 0], speed, damping, phase)
     return self._readout(q, y_t[:, None], gate)[:, 0], {"conv": conv_history(qkv, cache["conv"]), "wave": state}
 
 
@@ -209,8 +246,10 @@ class SelectiveWaveMixer(WaveFieldMixer):
     super().__init__(dim, num_heads, max_len=max_len, rngs=rngs, **kwargs)
     self.chunk_size = self.chunk_size or physics.SELECTIVE_CHUNK
     small = nnx.initializers.normal(0.1 / math.sqrt(dim))
-    unit_step = nnx.initializers.constant(float(inverse_softplus(jnp.float32(1.0))))
-    self.clock = nnx.Linear(dim, num_heads, kernel_init=small, bias_init=unit_step, dtype=self.dtype, rngs=rngs)
+    unit_step = nnx.initializers.constant(math.log(math.expm1(1.0)))  # softplus(b) = 1
+    self.clock = nnx.Linear(
+      dim, num_heads, kernel_init=small, bias_init=unit_step, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs
+    )
 
   def clock_steps(self, x: jax.Array) -> jax.Array:
     """delta [B, L, H] float32 > 0 for the mixer's input x [B, L, D]."""
@@ -222,7 +261,9 @@ class SelectiveWaveMixer(WaveFieldMixer):
     if self.mesh is None:
       y, _ = physics.selective_conv_chunked(k * v, delta, *self.constants(), self.chunk_size)
     else:
-      y = parallel.sharded_selective_conv(k * v, delta, *self.constants(), self.mesh, chunk_size=self.chunk_size)
+      y = sequence_parallel.sharded_selective_conv(
+        k * v, delta, *self.constants(), self.mesh, chunk_size=self.chunk_size, axes=self.mesh_axes
+      )
     return self._readout(q, y, gate)
 
   def prefill(self, x: jax.Array, cache: Cache | None = None) -> tuple[jax.Array, Cache]:
@@ -251,7 +292,7 @@ class RetentionMixer(WaveFieldMixer):
   def __init__(self, dim: int, num_heads: int, *, max_len: int, rngs: nnx.Rngs, **kwargs):
     super().__init__(dim, num_heads, max_len=max_len, rngs=rngs, **kwargs)
     self.chunk_size = self.chunk_size or physics.RETENTION_CHUNK
-    self.head_norm = nnx.RMSNorm(dim // num_heads, dtype=self.dtype, rngs=rngs)
+    self.head_norm = nnx.RMSNorm(dim // num_heads, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
 
   def init_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
     """The short-conv buffer and a [K, K] complex state per head; neither grows with `max_len`."""
@@ -275,7 +316,9 @@ class RetentionMixer(WaveFieldMixer):
     if self.mesh is None:
       y, _ = physics.retention_chunked(q, k, v, *self.constants(), self.chunk_size)
     else:
-      y = parallel.sharded_retention(q, k, v, *self.constants(), self.mesh, chunk_size=self.chunk_size)
+      y = sequence_parallel.sharded_retention(
+        q, k, v, *self.constants(), self.mesh, chunk_size=self.chunk_size, axes=self.mesh_axes
+      )
     return self._readout(q, y, gate)
 
   def prefill(self, x: jax.Array, cache: Cache | None = None) -> tuple[jax.Array, Cache]:
@@ -374,7 +417,9 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, window: int, first
   to the positions t - window < s <= t; keys at negative positions (an unfilled cache) are masked too.
 
   Args:
-    q, k, v: [B, S, H, K] at the consecutive positions first_position, ..., first_position + S - 1.
+    q: [B, S, H, K] at the consecutive positions first_position, ..., first_position + S - 1.
+    k: [B, S, H, K] at the consecutive positions first_position, ..., first_position + S - 1.
+    v: [B, S, H, K] at the consecutive positions first_position, ..., first_position + S - 1.
     window: W, how many positions each query sees, itself included.
     first_position: the position of the first row (a traced integer in prefill).
 

@@ -68,6 +68,15 @@ def tiled_cross_entropy(hidden: jax.Array, embedding: jax.Array, targets: jax.Ar
 
   Returns:
     [B, L] float32, equal to `dense_cross_entropy(hidden @ embedding^T, targets)`.
+
+  Example:
+    >>> import jax
+    >>> hidden = jax.random.normal(jax.random.key(0), (2, 6, 8))
+    >>> embedding = jax.random.normal(jax.random.key(1), (11, 8))
+    >>> targets = jax.random.randint(jax.random.key(2), (2, 6), 0, 11)
+    >>> dense = dense_cross_entropy(hidden @ embedding.T, targets)
+    >>> bool(jax.numpy.allclose(tiled_cross_entropy(hidden, embedding, targets, tile=4), dense, atol=1e-5))
+    True
   """
   losses, _ = _forward(hidden, embedding, targets, tile)
   return _untile(losses, hidden.shape[1])

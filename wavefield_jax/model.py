@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from wavefield_jax import layers, losses
 from wavefield_jax.config import validate_model_config
-from wavefield_jax.parallel import DATA, SEQ
+from wavefield_jax.sharding import DATA, SEQ
 
 # model.remat: what each block keeps for the backward pass (jax.checkpoint policies over the tensors that
 # `layers` names with checkpoint_name). "none" keeps everything autodiff saves; "full" keeps only each

@@ -19,6 +19,8 @@ Shapes: B batch, L length, H heads, K channels per head, F frequency bins, C chu
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 import operator
@@ -28,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
+from jax.experimental import checkify
 
 
 def _split_two_pi() -> tuple[float, float, float]:
@@ -48,6 +51,33 @@ def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
+_TRACED_CHECKS = contextvars.ContextVar("wavefield_traced_checks", default=False)
+
+
+@contextlib.contextmanager
+def traced_checks():
+  """Checks the constants' values under `jit` as well, where they are traced and cannot be read.
+
+  Inside this context, functions traced check speed and damping (finite and > 0) with
+  `jax.experimental.checkify`; wrap what you jit in `checkify.checkify` to get the error back.
+  Outside it (the default), traced constants go unchecked and cost nothing.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jax.experimental import checkify
+    >>> f = lambda d: wave_conv(jnp.ones((1, 8, 1, 1)), jnp.array([1.0]), d, jnp.array([0.0]))
+    >>> with traced_checks():
+    ...   error, _ = jax.jit(checkify.checkify(f))(jnp.array([-0.5]))
+    >>> error.get()
+    'damping must be finite and > 0 for every head; got -0.5 (`check` failed)'
+  """
+  token = _TRACED_CHECKS.set(True)
+  try:
+    yield
+  finally:
+    _TRACED_CHECKS.reset(token)
+
+
 def _real_dtype(*arrays) -> jnp.dtype:
   """float64 where any input is float64 (with jax_enable_x64), else float32: the FFT's precision."""
   wide = jax.config.jax_enable_x64 and any(getattr(a, "dtype", None) == jnp.float64 for a in arrays)
@@ -58,7 +88,7 @@ def _complex_dtype(real: jnp.dtype) -> jnp.dtype:
   return jnp.dtype(jnp.complex128 if real == jnp.float64 else jnp.complex64)
 
 
-def _check_constants(speed, damping, phase, *others) -> tuple[jax.Array, jax.Array, jax.Array]:
+def check_constants(speed, damping, phase, *others) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Validates the three [H] constants where the user's values enter; returns them in the compute
   dtype (float32, or float64 when any argument, `others` included, is float64)."""
   arrays = {"speed": speed, "damping": damping, "phase": phase}
@@ -78,6 +108,9 @@ def _check_constants(speed, damping, phase, *others) -> tuple[jax.Array, jax.Arr
       if bad.any():
         head = int(np.argmax(bad))
         raise ValueError(f"{name} must be finite and > 0 for every head; got {host[head]} at head {head}")
+    elif _TRACED_CHECKS.get():
+      bad = ~(value > 0) | ~jnp.isfinite(value)
+      checkify.check(~bad.any(), f"{name} must be finite and > 0 for every head; got {{}}", value[jnp.argmax(bad)])
   if _is_concrete(phase) and not np.isfinite(np.asarray(phase, dtype=np.float64)).all():
     raise ValueError("phase must be finite for every head")
   dtype = _real_dtype(speed, damping, phase, *others)
@@ -120,7 +153,8 @@ def _rotation_angle(speed: jax.Array, length: int, offset: int = 0) -> jax.Array
 
   Args:
     speed: [H].
-    length, offset: static integers.
+    length: a static integer.
+    offset: a static integer.
 
   Returns:
     [H, length] angles (not reduced to [0, 2*pi)).
@@ -158,13 +192,21 @@ def wave_kernel(speed: jax.Array, damping: jax.Array, phase: jax.Array, length: 
   """The causal impulse response of each head.
 
   Args:
-    speed, damping, phase: [H] physical constants (speed, damping > 0).
+    speed: [H] wave speed, radians per token (> 0).
+    damping: [H] damping, the inverse decay length (> 0).
+    phase: [H] phase, radians.
     length: number of samples, t = 0, ..., length - 1.
 
   Returns:
     [H, length] float32: k[h, t] = (1 - exp(-damping)) exp(-damping t) cos(speed t + phase).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> k = wave_kernel(jnp.array([jnp.pi / 2]), jnp.array([0.5]), jnp.array([0.0]), 3)
+    >>> [round(float(v), 4) + 0.0 for v in k[0]]  # (1 - e^-0.5) e^(-0.5 t) cos(pi t / 2); + 0.0: no -0.0
+    [0.3935, 0.0, -0.1447]
   """
-  speed, damping, phase = _check_constants(speed, damping, phase)
+  speed, damping, phase = check_constants(speed, damping, phase)
   length = _check_length(length)
   t = jnp.arange(length, dtype=speed.dtype)
   angle = _rotation_angle(speed, length) + phase[:, None]  # [H, L]
@@ -268,14 +310,26 @@ def wave_conv(
 
   Args:
     u: [B, L, H, K] sources (float32 or bfloat16; the arithmetic runs in float32, float64 under x64).
-    speed, damping, phase: [H] physical constants (speed, damping > 0).
+    speed: [H] wave speed, radians per token (> 0).
+    damping: [H] damping, the inverse decay length (> 0).
+    phase: [H] phase, radians.
     method: "auto", "fft" or "matmul".
     chunk_size: positions per chunk (see `method`).
 
   Returns:
     [B, L, H, K] in the dtype of u: y[b, t, h] = sum_{s <= t} k_h(t - s) u[b, s, h].
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> u = jnp.zeros((1, 5, 1, 1)).at[0, 0].set(1.0)  # an impulse at t = 0
+    >>> speed, damping, phase = jnp.array([1.0]), jnp.array([0.2]), jnp.array([0.3])
+    >>> y = wave_conv(u, speed, damping, phase)  # the matmul form
+    >>> bool(jnp.allclose(y[0, :, 0, 0], wave_kernel(speed, damping, phase, 5)[0], atol=1e-6))
+    True
+    >>> bool(jnp.allclose(y, wave_conv(u, speed, damping, phase, method="fft"), atol=1e-6))
+    True
   """
-  speed, damping, phase = _check_constants(speed, damping, phase, u)
+  speed, damping, phase = check_constants(speed, damping, phase, u)
   _check_sources(u, speed.shape[0])
   length = u.shape[1]
   method, chunk_size = check_method(method, chunk_size, length)
@@ -292,21 +346,23 @@ def wave_state(u: jax.Array, speed: jax.Array, damping: jax.Array) -> jax.Array:
 
   Args:
     u: [B, L, H, K] sources.
-    speed, damping: [H].
+    speed: [H] wave speed, radians per token (> 0).
+    damping: [H] damping, the inverse decay length (> 0).
 
   Returns:
     [B, H, K] complex64: s = sum_s lambda**(L - 1 - s) u[:, s].
   """
-  speed, damping, _ = _check_constants(speed, damping, jnp.zeros(jnp.shape(speed)), u)
+  speed, damping, _ = check_constants(speed, damping, jnp.zeros(jnp.shape(speed)), u)
   _check_sources(u, speed.shape[0])
   return _chunk_states(jnp.asarray(u).astype(speed.dtype)[:, None], speed, damping)[:, 0]  # all of u as one chunk
 
 
 def _check_state_shape(state, num_heads: int, name: str = "state") -> jax.Array:
   """A [B, H, K] state with the constants' H heads, as an array."""
-  if jnp.ndim(state) != 3 or jnp.shape(state)[1] != num_heads:
-    raise ValueError(f"{name} must have shape [B, H, K] with H = {num_heads} heads; got shape {jnp.shape(state)}")
-  return jnp.asarray(state)
+  state = jnp.asarray(state)  # lists are arrays too
+  if state.ndim != 3 or state.shape[1] != num_heads:
+    raise ValueError(f"{name} must have shape [B, H, K] with H = {num_heads} heads; got shape {state.shape}")
+  return state
 
 
 def _response(speed: jax.Array, damping: jax.Array, phase: jax.Array, length: int) -> jax.Array:
@@ -320,12 +376,14 @@ def state_response(state: jax.Array, speed: jax.Array, damping: jax.Array, phase
 
   Args:
     state: [B, H, K] complex state after the previous position.
-    speed, damping, phase: [H].
+    speed: [H] wave speed, radians per token (> 0).
+    damping: [H] damping, the inverse decay length (> 0).
+    phase: [H] phase, radians.
 
   Returns:
     [B, length, H, K] float32: norm * Re(exp(i phase) lambda**(tau + 1) state), tau = 0, ..., length - 1.
   """
-  speed, damping, phase = _check_constants(speed, damping, phase)
+  speed, damping, phase = check_constants(speed, damping, phase)
   state = _check_state_shape(state, speed.shape[0])
   length = _check_length(length)
   return _state_readout(_response(speed, damping, phase, length), state[:, None])[:, 0]
@@ -470,7 +528,9 @@ def wave_conv_chunked(
 
   Args:
     u: [B, L, H, K]; L need not be a multiple of chunk_size.
-    speed, damping, phase: [H].
+    speed: [H] wave speed, radians per token (> 0).
+    damping: [H] damping, the inverse decay length (> 0).
+    phase: [H] phase, radians.
     chunk_size: T, positions per chunk; None for the method's default (all of L for "fft", 32 for "matmul").
     initial_state: optional [B, H, K] complex state from positions before u (e.g. another device).
     method: "auto", "fft" or "matmul": how each chunk is convolved (see `wave_conv`).
@@ -478,7 +538,7 @@ def wave_conv_chunked(
   Returns:
     y: [B, L, H, K] in the dtype of u, and the [B, H, K] complex64 state after the last position.
   """
-  speed, damping, phase = _check_constants(speed, damping, phase, u)
+  speed, damping, phase = check_constants(speed, damping, phase, u)
   _check_sources(u, speed.shape[0])
   batch, length, heads, channels = u.shape
   method, chunk_size = check_method(method, chunk_size, length)
@@ -512,12 +572,15 @@ def wave_step(
   Args:
     state: [B, H, K] complex state after the previous token (zeros before the first).
     u_t: [B, H, K] source of the new token.
-    speed, damping, phase: [H].
+    speed: [H] wave speed, radians per token (> 0).
+    damping: [H] damping, the inverse decay length (> 0).
+    phase: [H] phase, radians.
 
   Returns:
-    The new [B, H, K] complex64 state, and y_t [B, H, K] float32 = norm * Re(exp(i phase) state).
+    y_t [B, H, K] float32 = norm * Re(exp(i phase) state), then the new [B, H, K] complex64 state (output
+    first, as every step and chunked function returns).
   """
-  speed, damping, phase = _check_constants(speed, damping, phase, u_t)
+  speed, damping, phase = check_constants(speed, damping, phase, u_t)
   state = _check_state_shape(state, speed.shape[0])
   u_t = _check_state_shape(u_t, speed.shape[0], "u_t")
   if jnp.shape(u_t) != jnp.shape(state):
@@ -525,7 +588,7 @@ def wave_step(
   decay = state_decay(speed, damping, 1)  # [H]: lambda
   state = decay[None, :, None] * state + u_t.astype(decay.dtype)
   y_t = _norm(damping)[None, :, None] * jnp.real(_rotation(phase)[None, :, None] * state)
-  return state, y_t
+  return y_t, state
 
 
 def wave_scan(
@@ -539,18 +602,21 @@ def wave_scan(
 
   Args:
     u: [B, L, H, K] sources.
-    speed, damping, phase: [H].
+    speed: [H] wave speed, radians per token (> 0).
+    damping: [H] damping, the inverse decay length (> 0).
+    phase: [H] phase, radians.
     initial_state: optional [B, H, K] complex state from before the first position.
 
   Returns:
     [B, L, H, K] in the dtype of u.
   """
-  speed, damping, phase = _check_constants(speed, damping, phase, u)
+  speed, damping, phase = check_constants(speed, damping, phase, u)
   _check_sources(u, speed.shape[0])
   initial_state = _check_state(initial_state, u, speed.dtype)
 
   def step(state, u_t):
-    return wave_step(state, u_t, speed, damping, phase)
+    y_t, state = wave_step(state, u_t, speed, damping, phase)
+    return state, y_t
 
   _, y = jax.lax.scan(step, initial_state, jnp.moveaxis(u.astype(speed.dtype), 1, 0))  # y: [L, B, H, K]
   return jnp.moveaxis(y, 0, 1).astype(u.dtype)
@@ -600,7 +666,7 @@ def _clock_decay(speed: jax.Array, damping: jax.Array, elapsed: jax.Array) -> ja
 
 
 def _check_selective(u, delta, speed, damping, phase):
-  speed, damping, phase = _check_constants(speed, damping, phase, u, delta)
+  speed, damping, phase = check_constants(speed, damping, phase, u, delta)
   _check_sources(u, speed.shape[0])
   _check_clock(delta, u)
   return speed, damping, phase
@@ -622,7 +688,9 @@ def selective_conv_chunked(
   Args:
     u: [B, L, H, K] sources (float32 or bfloat16; the arithmetic runs in float32, float64 under x64).
     delta: [B, L, H] the clock's step at each position (>= 0; 1 everywhere gives `wave_conv`).
-    speed, damping, phase: [H] physical constants (speed, damping > 0).
+    speed: [H] wave speed, radians per token (> 0).
+    damping: [H] damping, the inverse decay length (> 0).
+    phase: [H] phase, radians.
     chunk_size: T, positions per chunk; L need not be a multiple of it.
     initial_state: optional [B, H, K] complex state from positions before u.
 
@@ -694,8 +762,11 @@ def selective_step(
 
   Args:
     state: [B, H, K] complex state after the previous token.
-    u_t: [B, H, K] source; delta_t: [B, H] the clock's step.
-    speed, damping, phase: [H].
+    u_t: [B, H, K] source.
+    delta_t: [B, H] the clock's step.
+    speed: [H] wave speed, radians per token (> 0).
+    damping: [H] damping, the inverse decay length (> 0).
+    phase: [H] phase, radians.
 
   Returns:
     y_t [B, H, K] float32 = Re(exp(i phi) state'), and the new [B, H, K] complex state'.
@@ -718,7 +789,8 @@ def selective_scan(
   """The same y as `selective_conv_chunked`, by the recurrence one position at a time (lax.scan).
 
   Args:
-    u: [B, L, H, K]; delta: [B, L, H]; speed, damping, phase: [H].
+    u: [B, L, H, K].
+    delta: [B, L, H]; speed, damping, phase: [H].
 
   Returns:
     [B, L, H, K] in the dtype of u.
@@ -743,7 +815,7 @@ RETENTION_CHUNK = 64
 
 
 def _check_retention(q, k, v, speed, damping, phase):
-  speed, damping, phase = _check_constants(speed, damping, phase, q, k, v)
+  speed, damping, phase = check_constants(speed, damping, phase, q, k, v)
   for name, a in (("q", q), ("k", k), ("v", v)):
     _check_sources(a, speed.shape[0], name)
   if jnp.shape(k) != jnp.shape(q) or jnp.shape(v)[:3] != jnp.shape(q)[:3]:
@@ -767,7 +839,8 @@ def _matrix_states(k: jax.Array, v: jax.Array, speed: jax.Array, damping: jax.Ar
   """The state each chunk leaves from zero: sum_s lambda**(T-1-s) k_s v_s^T.
 
   Args:
-    k: [B, C, T, H, K]; v: [B, C, T, H, V].
+    k: [B, C, T, H, K].
+    v: [B, C, T, H, V].
 
   Returns:
     [B, C, H, K, V] complex.
@@ -791,8 +864,12 @@ def retention_chunked(
   """The content-addressed wave field by chunks: exact, O(L (T + K) K) time, a [K, V] state per head.
 
   Args:
-    q, k: [B, L, H, K] queries and keys; v: [B, L, H, V] values (float32 or bfloat16).
-    speed, damping, phase: [H] physical constants (speed, damping > 0).
+    q: [B, L, H, K] queries and keys.
+    k: [B, L, H, K] queries and keys.
+    v: [B, L, H, V] values (float32 or bfloat16).
+    speed: [H] wave speed, radians per token (> 0).
+    damping: [H] damping, the inverse decay length (> 0).
+    phase: [H] phase, radians.
     chunk_size: T, positions per chunk; L need not be a multiple of it.
     initial_state: optional [B, H, K, V] complex state from positions before q.
 
@@ -846,8 +923,12 @@ def retention_step(
 
   Args:
     state: [B, H, K, V] complex, sum over earlier s of lambda**(t - 1 - s) k_s v_s^T.
-    q_t, k_t: [B, H, K]; v_t: [B, H, V].
-    speed, damping, phase: [H].
+    q_t: [B, H, K].
+    k_t: [B, H, K].
+    v_t: [B, H, V].
+    speed: [H] wave speed, radians per token (> 0).
+    damping: [H] damping, the inverse decay length (> 0).
+    phase: [H] phase, radians.
 
   Returns:
     y_t [B, H, V] float32 = norm Re(exp(i phi) q_t^T state'), and the new [B, H, K, V] complex state'.

@@ -33,9 +33,9 @@ def sample_text(
   import numpy as np
   from flax import nnx
 
-  from wavefield_jax import data as data_lib
+  from wavefield_jax import tokenizers
+  from wavefield_jax.checkpointing import load_trained
   from wavefield_jax.generate import generate
-  from wavefield_jax.workdir import load_trained
 
   if not prompt:
     raise ValueError("prompt must hold at least one character; a newline ('\\n') starts a fresh line")
@@ -43,7 +43,7 @@ def sample_text(
     raise ValueError(f"num_samples must be >= 1; got {num_samples}")
   graphdef, params, config, step = load_trained(workdir, step)
   model = nnx.merge(graphdef, params)
-  tokenizer = data_lib.get_tokenizer(config.data.tokenizer)
+  tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
   prompt_tokens = np.tile(tokenizer.encode(prompt.encode("utf-8"))[None], (num_samples, 1))  # [N, P]
   tokens = generate(
     model,

@@ -3,7 +3,7 @@
 The mesh has two axes: `data` (batch) and `seq` (sequence positions). Batches are sharded over
 `data`; parameters, gradients and optimizer moments are replicated, or split over every device of the
 mesh (`data` and `seq` together) with `fsdp=True`. How the wave layers split
-their positions over `seq` is `parallel.sharded_wave_conv`, beside the physics it runs.
+their positions over `seq` is `sequence_parallel.sharded_wave_conv`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from wavefield_jax.parallel import DATA, SEQ
+# The mesh's axes: batch rows, and sequence positions (split by `sequence_parallel`).
+DATA, SEQ = "data", "seq"
 
 
 def make_mesh(data: int | None = None, seq: int = 1, devices: list | None = None) -> Mesh:

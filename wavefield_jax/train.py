@@ -38,7 +38,8 @@ def _train(f) -> None:
   if result.get("interrupted"):
     return
   print(f"\nvalidation: {result['loss']:.4f} nats per token, {result['bpb']:.4f} bits per byte (step {result['step']})")
-  print("sample:\n" + "-" * 72 + f"\n{result['sample']}\n" + "-" * 72)
+  if result["sample"]:  # train.sample_tokens=0 asks for none
+    print("sample:\n" + "-" * 72 + f"\n{result['sample']}\n" + "-" * 72)
 
 
 if __name__ == "__main__":

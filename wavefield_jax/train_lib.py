@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import math
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,10 +33,65 @@ from wavefield_jax.config import validate_config
 from wavefield_jax.generate import generate
 from wavefield_jax.layers import WaveParam
 from wavefield_jax.model import WaveFieldLM, count_params
-from wavefield_jax.workdir import MetricsLog, State, check_free_space, check_workdir, plot_losses
+from wavefield_jax.plots import plot_losses
+from wavefield_jax.workdir import State, TrainingError, check_free_space, check_workdir
 
 if TYPE_CHECKING:
-  from wavefield_jax import data as data_lib
+  from wavefield_jax import input_pipeline
+
+
+class MetricsLog:
+  """The run's metrics.jsonl, written by one process (`lead`).
+
+  A line a kill cut short is ended first, so the next record stands alone. Train-step metrics stay on
+  the device until `flush` (fetching every step's loss would stall the pipeline); `add` waits only for
+  the step before, so one step is in flight and a progress bar moves as steps finish. `flush` applies
+  the non-finite policy: "stop" raises TrainingError, "skip" records the skipped step.
+  """
+
+  def __init__(self, path: Path, *, lead: bool, on_nonfinite: str, tokens_per_step: int, start: int, checkpoints: Path):
+    self.path, self.lead, self.on_nonfinite, self.tokens_per_step = path, lead, on_nonfinite, tokens_per_step
+    self.checkpoints = checkpoints  # named in the error that stops a run
+    self.pending: list[tuple[int, dict]] = []
+    self.last_time, self.last_step = time.perf_counter(), start
+    if lead and path.exists() and not path.read_bytes().endswith(b"\n"):
+      with path.open("a") as f:
+        f.write("\n")
+
+  def write(self, record: dict) -> None:
+    if self.lead:
+      with self.path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+  def add(self, step: int, metrics: dict) -> None:
+    """The metrics of the step that reached `step`, still on the device."""
+    if self.pending:
+      jax.block_until_ready(self.pending[-1][1])
+    self.pending.append((step, metrics))
+
+  def flush(self) -> float:
+    """Writes the steps added since the last flush; returns the last loss (nan if none)."""
+    last = float("nan")
+    for step, m in jax.device_get(self.pending):
+      if not m["finite"]:
+        message = f"non-finite loss {m['loss']} at step {step}"
+        if self.on_nonfinite == "stop":
+          raise TrainingError(f"{message}; stopped, the last good checkpoint is kept in {self.checkpoints}")
+        self.write({"kind": "skipped", "step": step, "loss": float(m["loss"])})
+      else:
+        self.write({"kind": "train", "step": step, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"])})
+      last = float(m["loss"])
+    self.pending.clear()
+    return last
+
+  def log_progress(self, step: int) -> tuple[float, float]:
+    """Flushes, then records the tokens per second since the last call; returns (last loss, that rate)."""
+    loss = self.flush()
+    now = time.perf_counter()
+    rate = (step - self.last_step) * self.tokens_per_step / (now - self.last_time)
+    self.last_time, self.last_step = now, step
+    self.write({"kind": "speed", "step": step, "tokens_per_s": rate})
+    return loss, rate
 
 
 def build_model(config: ml_collections.ConfigDict, seed: int, mesh=None) -> tuple[nnx.GraphDef, dict, WaveFieldLM]:
@@ -44,20 +101,26 @@ def build_model(config: ml_collections.ConfigDict, seed: int, mesh=None) -> tupl
   return graphdef, nnx.to_pure_dict(state), model
 
 
-def param_labels(model: WaveFieldLM, params: dict) -> dict:
-  """'wave' for the physical constants, 'no_decay' for norms and other vectors, 'decay' for matrices."""
-  wave_paths = {
-    tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
-    for path, _ in jax.tree_util.tree_leaves_with_path(nnx.state(model, WaveParam))
-  }
+def param_labels(tree: nnx.Module | nnx.State) -> nnx.State:
+  """Labels for `optax.multi_transform`: "wave" for the physical constants (`WaveParam`), "no_decay" for
+  norms, biases and embeddings, "decay" for the other matrices.
 
-  def label(path, leaf):
-    names = tuple(k.key for k in path)
-    if names in wave_paths:
+  Args:
+    tree: any NNX module (its `nnx.Param`s are labelled) or a state of its variables, e.g.
+      `nnx.state(model, nnx.Param)`, which `nnx.Optimizer(model, tx, wrt=nnx.Param)` passes to `tx`.
+
+  Returns:
+    the state's structure with a label in place of each variable.
+  """
+  state = nnx.state(tree, nnx.Param) if isinstance(tree, nnx.Module) else tree
+
+  def label(path, variable) -> str:
+    if isinstance(variable, WaveParam):
       return "wave"
-    return "decay" if leaf.ndim >= 2 and names[-1] != "embedding" else "no_decay"
+    name = getattr(path[-1], "key", path[-1])
+    return "decay" if variable.ndim >= 2 and name != "embedding" else "no_decay"
 
-  return jax.tree_util.tree_map_with_path(label, params)
+  return jax.tree_util.tree_map_with_path(label, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def init_state(
@@ -66,7 +129,7 @@ def init_state(
   """A fresh train state {"params", "opt_state", "step", "rng"}, its graph definition and the optimizer.
   With a mesh, the model's wave layers run their convolution sharded over it (see `sharding`)."""
   graphdef, params, model = build_model(config, seed, mesh)
-  optimizer = make_optimizer(config.train, param_labels(model, params))
+  optimizer = make_optimizer(config.train, nnx.to_pure_dict(param_labels(model)))
   state = {
     "params": params,
     "opt_state": optimizer.init(params),
@@ -88,10 +151,11 @@ def make_optimizer(train: ml_collections.ConfigDict, labels: dict) -> optax.Grad
       end_value=peak * train.final_learning_rate_fraction,
     )
 
+  adamw = functools.partial(optax.adamw, b2=0.95)  # the shorter memory of LM training (GPT-3, Chinchilla)
   groups = {
-    "decay": optax.adamw(schedule(train.learning_rate), b2=0.95, weight_decay=train.weight_decay),
-    "no_decay": optax.adamw(schedule(train.learning_rate), b2=0.95, weight_decay=0.0),
-    "wave": optax.adamw(schedule(train.wave_learning_rate), b2=0.95, weight_decay=0.0),
+    "decay": adamw(schedule(train.learning_rate), weight_decay=train.weight_decay),
+    "no_decay": adamw(schedule(train.learning_rate), weight_decay=0.0),
+    "wave": adamw(schedule(train.wave_learning_rate), weight_decay=0.0),
   }
   return optax.chain(optax.clip_by_global_norm(train.grad_clip), optax.multi_transform(groups, labels))
 
@@ -189,7 +253,10 @@ def evaluate(
   return {"loss": nats / tokens, "bpb": nats / math.log(2) / bytes_, "tokens": int(tokens), "bytes": int(bytes_)}
 
 
-def sample_text(graphdef, params, corpus: data_lib.Corpus, train: ml_collections.ConfigDict, rng: jax.Array) -> str:
+def training_sample(
+  graphdef: nnx.GraphDef, params: dict, corpus: input_pipeline.Corpus, train: ml_collections.ConfigDict, rng: jax.Array
+) -> str:
+  """The text sample shown at an evaluation: `train.sample_tokens` after `train.sample_prompt` ("" for none)."""
   if train.sample_tokens == 0:
     return ""
   model = nnx.merge(graphdef, params)
@@ -218,10 +285,10 @@ class Run:
     self.checkpointer.save(step, self.state, self.batches.get_state(), force=force)
 
 
-def setup_run(config: ml_collections.ConfigDict, workdir: Path, corpus: data_lib.Corpus) -> Run:
+def setup_run(config: ml_collections.ConfigDict, workdir: Path, corpus: input_pipeline.Corpus) -> Run:
   """The mesh over every device (data, and optionally sequence, parallel), the train state sharded over
   it, the jitted step, and the latest checkpoint with its data position restored into both."""
-  from wavefield_jax import data as data_lib  # grain and TFDS load with a run's data, not with the step
+  from wavefield_jax import input_pipeline  # grain and TFDS load with a run's data, not with the step
 
   train = config.train
   mesh = None
@@ -246,7 +313,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: Path, corpus: data_lib
     return jax.make_array_from_process_local_data(shardings[1], local)
 
   batches = iter(
-    data_lib.train_dataset(
+    input_pipeline.train_dataset(
       corpus.tokens["train"],
       config.data.seq_len,
       train.batch_size // jax.process_count(),  # train.batch_size is the global batch
@@ -268,12 +335,12 @@ class Evaluator:
   """Validation loss and bits per byte of the train state's parameters, and a sample, at a step; both are
   recorded (metrics.jsonl, samples.txt) unless `record=False`."""
 
-  def __init__(self, run: Run, config: ml_collections.ConfigDict, corpus: data_lib.Corpus, log: MetricsLog):
-    from wavefield_jax import data as data_lib
+  def __init__(self, run: Run, config: ml_collections.ConfigDict, corpus: input_pipeline.Corpus, log: MetricsLog):
+    from wavefield_jax import input_pipeline
 
     self.run, self.train, self.corpus, self.log = run, config.train, corpus, log
     self.eval_step = make_eval_step(run.graphdef)
-    self.windows, self.weights = data_lib.eval_windows(
+    self.windows, self.weights = input_pipeline.eval_windows(
       corpus.tokens["validation"], config.data.seq_len, self.train.eval_windows or None
     )
     self.token_bytes = jnp.asarray(corpus.tokenizer.token_bytes)
@@ -289,7 +356,7 @@ class Evaluator:
     text = ""
     if jax.process_count() == 1:  # sampling runs on one process's devices: left out of multi-process runs
       rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
-      text = sample_text(self.run.graphdef, state["params"], self.corpus, self.train, rng)
+      text = training_sample(self.run.graphdef, state["params"], self.corpus, self.train, rng)
     if self.log.lead and record:
       with self.samples_path.open("a") as f:
         f.write(f"--- step {step}, validation {result['bpb']:.3f} bits per byte ---\n{text}\n\n")
@@ -324,19 +391,19 @@ def stop_requested(requests: list[int], step: int, every: int) -> bool:
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str | Path, corpus: data_lib.Corpus | None = None
+  config: ml_collections.ConfigDict, workdir: str | Path, corpus: input_pipeline.Corpus | None = None
 ) -> dict:
   """Trains config in workdir, resuming from its latest checkpoint; returns the final metrics.
 
   Writes workdir/metrics.jsonl (one JSON line per log and evaluation), workdir/loss.png,
   workdir/samples.txt and orbax checkpoints under workdir/checkpoints.
   """
-  from wavefield_jax import data as data_lib
+  from wavefield_jax import input_pipeline
 
   validate_config(config)
   workdir = Path(workdir).expanduser().resolve()
   check_workdir(workdir, config)
-  corpus = corpus or data_lib.load_corpus(config.data)
+  corpus = corpus or input_pipeline.load_corpus(config.data)
   if corpus.tokenizer.vocab_size > config.model.vocab_size:
     raise ValueError(
       f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's {corpus.tokenizer.vocab_size}"

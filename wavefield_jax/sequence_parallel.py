@@ -3,7 +3,7 @@
 The wave convolution runs inside `jax.shard_map`: each device convolves only its own positions, so XLA
 never gathers activations around it; along the mesh's `seq` axis each device convolves its chunk and the
 `[B, H, K]` complex state is passed from device to device (`ppermute`). Pure math over a mesh: the
-layers use it, and meshes for training are built in `sharding`.
+layers use it; the mesh and its axis names come from `sharding`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from wavefield_jax import physics
-
-DATA, SEQ = "data", "seq"
+from wavefield_jax.sharding import DATA, SEQ
 
 
 def sharded_wave_conv(
@@ -27,6 +26,7 @@ def sharded_wave_conv(
   *,
   method: str = "auto",
   chunk_size: int | None = None,
+  axes: tuple[str, str] = (DATA, SEQ),
 ) -> jax.Array:
   """wave_conv with u [B, L, H, K] split over the mesh: batch over `data`, positions over `seq`.
 
@@ -38,24 +38,26 @@ def sharded_wave_conv(
   Args:
     u: [B, L, H, K]; B divisible by the data axis, L by the seq axis.
     speed, damping, phase: [H].
-    mesh: a mesh with axes ("data", "seq").
-    method, chunk_size: how each device convolves its positions (see `physics.wave_conv`).
+    mesh: the device mesh; `axes` names its batch and sequence axes.
+    method: how each device convolves its positions (see `physics.wave_conv`).
+    chunk_size: positions per chunk of that method.
+    axes: (batch axis, sequence axis) of `mesh`, by default ("data", "seq"); a mesh may have other axes.
 
   Returns:
     [B, L, H, K] sharded like u.
   """
-  shard_length = _check_split(u, mesh)
+  shard_length, devices_seq = _check_split(u, mesh, axes)
 
   def local(u_local, speed, damping, phase):
     # y: [B/d, L/s, H, K], end_state: [B/d, H, K]
     y, end_state = physics.wave_conv_chunked(u_local, speed, damping, phase, chunk_size, method=method)
-    if mesh.shape[SEQ] == 1:
+    if devices_seq == 1:
       return y
     hop = physics.state_decay(speed, damping, shard_length)[None, :, None]  # [1, H, 1]
-    entering = _entering_state(end_state, hop, mesh.shape[SEQ])
+    entering = _entering_state(end_state, hop, devices_seq, axes[1])
     return y + physics.state_response(entering, speed, damping, phase, shard_length).astype(y.dtype)
 
-  return _map(local, mesh, 1)(u, speed, damping, phase)
+  return _map(local, mesh, 1, axes)(u, speed, damping, phase)
 
 
 def sharded_selective_conv(
@@ -67,22 +69,23 @@ def sharded_selective_conv(
   mesh: Mesh,
   *,
   chunk_size: int = physics.SELECTIVE_CHUNK,
+  axes: tuple[str, str] = (DATA, SEQ),
 ) -> jax.Array:
   """`physics.selective_conv_chunked` with u [B, L, H, K] and delta [B, L, H] split like `sharded_wave_conv`.
 
   Each device passes on its end state; the hop across a shard is the decay over the shard's own clock."""
-  _check_split(u, mesh)
+  _, devices_seq = _check_split(u, mesh, axes)
 
   def local(u_local, delta_local, speed, damping, phase):
     y, end_state = physics.selective_conv_chunked(u_local, delta_local, speed, damping, phase, chunk_size)
-    if mesh.shape[SEQ] == 1:
+    if devices_seq == 1:
       return y
     hop = physics.selective_decay(delta_local, speed, damping)[..., None]  # [B/d, H, 1]
-    entering = _entering_state(end_state, hop, mesh.shape[SEQ])
+    entering = _entering_state(end_state, hop, devices_seq, axes[1])
     # The second pass from the entering state repeats only the state part: XLA drops the first pass's y.
     return physics.selective_conv_chunked(u_local, delta_local, speed, damping, phase, chunk_size, entering)[0]
 
-  return _map(local, mesh, 2)(u, delta, speed, damping, phase)
+  return _map(local, mesh, 2, axes)(u, delta, speed, damping, phase)
 
 
 def sharded_retention(
@@ -95,34 +98,40 @@ def sharded_retention(
   mesh: Mesh,
   *,
   chunk_size: int = physics.RETENTION_CHUNK,
+  axes: tuple[str, str] = (DATA, SEQ),
 ) -> jax.Array:
   """`physics.retention_chunked` with q, k, v [B, L, H, .] split like `sharded_wave_conv`; the [B, H, K, V]
   state is what passes between devices."""
-  shard_length = _check_split(q, mesh)
+  shard_length, devices_seq = _check_split(q, mesh, axes)
 
   def local(q, k, v, speed, damping, phase):
     y, end_state = physics.retention_chunked(q, k, v, speed, damping, phase, chunk_size)
-    if mesh.shape[SEQ] == 1:
+    if devices_seq == 1:
       return y
     hop = physics.state_decay(speed, damping, shard_length)[None, :, None, None]  # [1, H, 1, 1]
-    entering = _entering_state(end_state, hop, mesh.shape[SEQ])
+    entering = _entering_state(end_state, hop, devices_seq, axes[1])
     return physics.retention_chunked(q, k, v, speed, damping, phase, chunk_size, entering)[0]
 
-  return _map(local, mesh, 3)(q, k, v, speed, damping, phase)
+  return _map(local, mesh, 3, axes)(q, k, v, speed, damping, phase)
 
 
-def _check_split(x: jax.Array, mesh: Mesh) -> int:
-  """Positions per device for x [B, L, ...] on the mesh; names the axis that does not divide."""
+def _check_split(x: jax.Array, mesh: Mesh, axes: tuple[str, str]) -> tuple[int, int]:
+  """(positions per device, devices along the sequence) for x [B, L, ...]; names what does not fit."""
+  missing = [name for name in axes if name not in mesh.shape]
+  if len(axes) != 2 or missing:
+    raise ValueError(
+      f"axes={axes!r} must name the mesh's batch and sequence axes; the mesh has axes {tuple(mesh.shape)}"
+    )
   batch, length = x.shape[:2]
-  devices_seq, devices_data = mesh.shape[SEQ], mesh.shape[DATA]
+  devices_data, devices_seq = mesh.shape[axes[0]], mesh.shape[axes[1]]
   if length % devices_seq:
-    raise ValueError(f"sequence length {length} must be divisible by the mesh's seq axis ({devices_seq})")
+    raise ValueError(f"sequence length {length} must be divisible by the mesh's {axes[1]!r} axis ({devices_seq})")
   if batch % devices_data:
-    raise ValueError(f"batch {batch} must be divisible by the mesh's data axis ({devices_data})")
-  return length // devices_seq
+    raise ValueError(f"batch {batch} must be divisible by the mesh's {axes[0]!r} axis ({devices_data})")
+  return length // devices_seq, devices_seq
 
 
-def _entering_state(end_state: jax.Array, hop: jax.Array, devices_seq: int) -> jax.Array:
+def _entering_state(end_state: jax.Array, hop: jax.Array, devices_seq: int, seq_axis: str) -> jax.Array:
   """The state entering this device's shard: each of seq - 1 hops carries the exact state one device on.
 
   Args:
@@ -132,13 +141,13 @@ def _entering_state(end_state: jax.Array, hop: jax.Array, devices_seq: int) -> j
   to_next = [(i, i + 1) for i in range(devices_seq - 1)]
   entering = jnp.zeros_like(end_state)
   for _ in range(devices_seq - 1):
-    entering = jax.lax.ppermute(hop * entering + end_state, SEQ, to_next)
+    entering = jax.lax.ppermute(hop * entering + end_state, seq_axis, to_next)
   return entering
 
 
-def _map(local, mesh: Mesh, num_sequences: int):
-  """shard_map of local(*sequences, speed, damping, phase): sequences split (data, seq), constants whole."""
-  spec = P(DATA, SEQ)
+def _map(local, mesh: Mesh, num_sequences: int, axes: tuple[str, str]):
+  """shard_map of local(*sequences, speed, damping, phase): sequences split over `axes`, constants whole."""
+  spec = P(*axes)
   # check_vma=False: the zero states created inside `local` are per-device values, as the scans in
   # physics expect; the varying-axes type check cannot see that.
   in_specs = (spec,) * num_sequences + (P(), P(), P())

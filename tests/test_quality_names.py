@@ -1,20 +1,9 @@
 """The quality benchmark's model names: each one builds, through train.py's own flags, the config it names."""
 
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
 from benchmarks import quality
 from wavefield_jax.config import validate_config
-
-
-def parsed_config(size: str, model: str):
-  argv = ["train.py", *quality.config_flags(size, model)]
-  flag_values = flags.FlagValues()
-  # sys_argv: the override flags (--config.model.num_heads=...) are found in the arguments given here.
-  config_flags.DEFINE_config_file("config", flag_values=flag_values, lock_config=True, sys_argv=argv)
-  flag_values(argv)
-  return flag_values.config
 
 
 @pytest.mark.parametrize(
@@ -26,7 +15,7 @@ def parsed_config(size: str, model: str):
   ],
 )
 def test_a_name_builds_its_mixers_and_overrides(size, model, mixers, expected):
-  config = parsed_config(size, model)
+  config = quality.model_config_of(size, model)
   validate_config(config)
   assert tuple(config.model.mixers) == mixers
   for key, value in expected.items():

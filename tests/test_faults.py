@@ -17,7 +17,13 @@ import pytest
 from helpers import file_digests, read_losses, tiny_config, tiny_corpus
 
 from wavefield_jax import input_pipeline, tokenizers, train_lib
-from wavefield_jax.checkpointing import Checkpointer, DamagedCheckpointError, load_trained, write_text_atomic
+from wavefield_jax.checkpointing import (
+  Checkpointer,
+  CheckpointError,
+  DamagedCheckpointError,
+  load_trained,
+  write_text_atomic,
+)
 from wavefield_jax.train_lib import train_and_evaluate
 from wavefield_jax.workdir import TrainingError, check_workdir
 
@@ -281,3 +287,10 @@ def test_skip_mode_skips_exactly_the_bad_batches_and_trains_on(tmp_path, poison)
   assert [r["step"] for r in rows if r["kind"] == "skipped"] == bad
   assert all(np.isfinite(r["loss"]) for r in rows if r["kind"] == "train")
   assert np.isfinite(result["loss"]) and result["step"] == 40
+
+
+def test_a_step_that_is_not_there_is_named_with_the_steps_that_are(trained):
+  with pytest.raises(CheckpointError, match=r"has no checkpoint of step 7; it has steps \[5, 10, 15\]"):
+    load_trained(trained, step=7)
+  _, _, _, step = load_trained(trained, step=10)
+  assert step == 10

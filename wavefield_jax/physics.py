@@ -265,8 +265,8 @@ def _heads_back(y: jax.Array) -> jax.Array:
 
 
 METHODS = ("auto", "fft", "matmul")
-# T of the matmul form: on a 2-core CPU, 32 was the fastest of 16-256 or within 2% of it at 4k and 32k, forward
-# and forward + backward (benchmarks/scaling).
+# T of the matmul form: small enough that the T x T Toeplitz work stays below the state's, large enough that
+# the scan over chunks is short (the chunk-size sweep in docs/results/scaling.md).
 MATMUL_CHUNK = 32
 
 
@@ -279,10 +279,8 @@ def check_method(method: str, chunk_size: int | None, length: int) -> tuple[str,
   ):
     raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
   if method == "auto":
-    # The matmul form at every length and on every backend. On a 2-core CPU it took 0.13-0.32x the FFT
-    # method's forward time and 0.35-0.67x its forward + backward time from 1k to 64k positions
-    # (benchmarks/scaling; below one chunk it is a single L x L product); GPU tensor cores and TPU matrix
-    # units run matmuls at many times the rate of FFTs. benchmarks/gpu.sh times both methods on a card.
+    # The matmul form at every length and on every backend: it puts the work on matrix units, which run
+    # matmuls far faster than FFTs (the measured ratios are in docs/results/scaling.md).
     method = "matmul"
   if chunk_size is None:
     chunk_size = MATMUL_CHUNK if method == "matmul" else length
@@ -400,10 +398,9 @@ def _readout_parts(response_re, response_im, state_re, state_im):
 
 
 def _readout_parts_jvp(primals, tangents):
-  # The primal is a broadcast product: one fused pass, where an einsum over the size-2 (re, im) axis took
-  # 2.1x as long. The tangent is written as outer-product einsums so that its transpose, the gradient, is
-  # matmuls: the whole convolution's forward + backward took 0.4x the time of the broadcast-and-reduce that
-  # autodiff derives from the product (2-core CPU, L = 16k, H = 8, K = 64). A JVP rule, not a VJP rule,
+  # The primal is a broadcast product: one fused pass, cheaper than an einsum over the size-2 (re, im) axis.
+  # The tangent is written as outer-product einsums so that its transpose, the gradient, is matmuls
+  # rather than the broadcast-and-reduce autodiff would derive from the product. A JVP rule, not a VJP rule,
   # so that forward mode (jax.jvp, jacfwd, hessian through the constants) works too. Symbolic zeros: a
   # tangent that is zero (the constants' when only u is differentiated) costs no pass; JAX calls the rule
   # only when some tangent is not, so at least one term remains. Minus signs go on the [H, T] factors.

@@ -125,8 +125,7 @@ def write(rows: list[dict], contexts: list[int]) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
   fig.suptitle("Decoding one token with a full context (CPU)")
-  fig.tight_layout()
-  fig.savefig(common.RESULTS / "decode.png", dpi=120)
+  plots.save(fig, common.RESULTS / "decode.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -280,8 +280,7 @@ def write(rows: list[dict]) -> None:
   axes[1].legend(fontsize=8)
   for ax in axes:
     ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(common.RESULTS / "long_context.png", dpi=120)
+  plots.save(fig, common.RESULTS / "long_context.png", dpi=120)
 
 
 if __name__ == "__main__":

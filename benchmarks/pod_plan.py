@@ -363,8 +363,7 @@ def write(rows: list[dict], check: dict | None, lengths: list[int], meshes: list
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=6, ncol=2)
   fig.suptitle("125M train step compiled for 8 devices (data x seq)")
-  fig.tight_layout()
-  fig.savefig(common.RESULTS / "pod_plan.png", dpi=120)
+  plots.save(fig, common.RESULTS / "pod_plan.png", dpi=120)
 
 
 if __name__ == "__main__":

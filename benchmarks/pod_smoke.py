@@ -152,8 +152,7 @@ def write(rows: list[dict], steps: int) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   ax.set_title("125M configuration on 2 CPU cores")
-  fig.tight_layout()
-  fig.savefig(common.RESULTS / "pod_smoke.png", dpi=120)
+  plots.save(fig, common.RESULTS / "pod_smoke.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -272,8 +272,7 @@ def write(results: dict, models: list[str], seeds: list[int], steps: int, size: 
   ax.grid(alpha=0.3)
   ax.legend()
   ax.set_title(f"{SIZE_NOTES[size]}, {steps} steps")
-  fig.tight_layout()
-  fig.savefig(common.RESULTS / f"{name}.png", dpi=120)
+  plots.save(fig, common.RESULTS / f"{name}.png", dpi=120)
 
 
 if __name__ == "__main__":

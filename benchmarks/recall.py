@@ -253,8 +253,7 @@ def write(rows: list[dict], tokens_per_step: int) -> None:
   ax.set_ylabel("answer accuracy (%)")
   ax.set_ylim(0, 100)
   ax.legend(fontsize=7, ncol=2)
-  fig.tight_layout()
-  fig.savefig(common.RESULTS / "recall.png", dpi=120)
+  plots.save(fig, common.RESULTS / "recall.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -240,8 +240,7 @@ def write(
     ax.set_title(pass_)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(common.RESULTS / "scaling.png", dpi=120)
+  plots.save(fig, common.RESULTS / "scaling.png", dpi=120)
 
 
 if __name__ == "__main__":

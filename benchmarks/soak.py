@@ -154,8 +154,7 @@ def plot(reference: dict[int, float], killed: dict[int, float], kills: list[dict
   ax.set_ylabel("train loss (nats per token)")
   ax.legend()
   ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(common.RESULTS / "soak.png", dpi=110)
+  plots.save(fig, common.RESULTS / "soak.png", dpi=110)
 
 
 if __name__ == "__main__":

@@ -104,8 +104,7 @@ def write(rows: list[dict], lengths: list[int]) -> None:
   ax.set_ylabel("training tokens / s")
   ax.grid(alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(common.RESULTS / "throughput.png", dpi=120)
+  plots.save(fig, common.RESULTS / "throughput.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import scipy.special
 from flax import nnx
 
 from wavefield_jax import physics
-from wavefield_jax.layers import RetentionMixer, SelectiveWaveMixer, WaveFieldMixer, WaveParam
+from wavefield_jax.layers import RetentionMixer, SelectiveWaveMixer, WaveFieldMixer, WaveParam, physical_constants
 
 CONSTANTS = ("speed", "damping", "phase")
 
@@ -203,11 +203,14 @@ def constant_gradients(
   rows = []
   for (path, mixer), (_, grad) in zip(wave_mixers(model), wave_mixers(grad_model), strict=True):
     speed, damping, phase = (np.asarray(a, np.float64) for a in mixer.constants())
-    # Chain rule back to the physical values: speed = softplus(raw), damping = exp(raw), phase = raw.
-    sigmoid = 1.0 / (1.0 + np.exp(-np.asarray(mixer.speed_raw[...], np.float64)))
-    d_speed = np.asarray(grad.speed_raw[...], np.float64) / sigmoid
-    d_damping = np.asarray(grad.damping_log[...], np.float64) / damping
-    d_phase = np.asarray(grad.phase[...], np.float64)
+    # Chain rule back to the physical values through the layer's own mapping (elementwise, so its
+    # Jacobian is the diagonal a JVP with ones gives).
+    raw = (mixer.speed_raw[...], mixer.damping_log[...], mixer.phase[...])
+    _, slopes = jax.jvp(physical_constants, raw, tuple(jnp.ones_like(r) for r in raw))
+    raw_grads = (grad.speed_raw[...], grad.damping_log[...], grad.phase[...])
+    d_speed, d_damping, d_phase = (
+      np.asarray(g, np.float64) / np.asarray(d, np.float64) for g, d in zip(raw_grads, slopes, strict=True)
+    )
     for head in range(speed.shape[0]):
       values = {"speed": speed[head], "damping": damping[head], "phase": phase[head]}
       grads = {"speed": d_speed[head], "damping": d_damping[head], "phase": d_phase[head]}

@@ -86,6 +86,14 @@ def initial_constants(num_heads: int, max_len: int, rng: jax.Array) -> tuple[jax
   return speed, damping.astype(jnp.float32), phase
 
 
+def physical_constants(
+  speed_raw: jax.Array, damping_log: jax.Array, phase: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The trained raw values of a head, each [H], as (speed, damping, phase): speed = softplus(raw) and
+  damping = exp(raw) keep both positive whatever the optimizer does; the phase is trained as it is."""
+  return jax.nn.softplus(speed_raw), jnp.exp(damping_log), phase
+
+
 class GatedOutput(nnx.Module):
   """out_proj(z * silu(gate)): the output gate and projection every mixer ends with."""
 
@@ -175,7 +183,7 @@ class WaveFieldMixer(nnx.Module):
 
   def constants(self) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The physical (speed, damping, phase), each [H], from the raw trained values."""
-    return jax.nn.softplus(self.speed_raw[...]), jnp.exp(self.damping_log[...]), self.phase[...]
+    return physical_constants(self.speed_raw[...], self.damping_log[...], self.phase[...])
 
   def init_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
     """The decode cache: short-conv buffer and complex wave state; neither grows with `max_len`."""

@@ -203,3 +203,11 @@ def test_every_remat_policy_changes_the_compiled_temporaries(rng):
 def test_offload_is_refused_on_the_cpu():
   with pytest.raises(ValueError, match="model.remat='offload' needs a GPU or TPU"):
     small_model(("wave", "wave"), remat="offload")
+
+
+@pytest.mark.parametrize("kind", sorted(TWO_LAYER_MIXERS))
+def test_every_model_kind_builds_from_shapes_alone(kind):
+  # nnx.eval_shape is how a trained run is loaded (checkpointing.load_trained): no initializer may need a
+  # concrete value.
+  abstract = nnx.eval_shape(lambda: small_model(TWO_LAYER_MIXERS[kind]))
+  assert count_params(abstract)["total"] == count_params(small_model(TWO_LAYER_MIXERS[kind]))["total"]

@@ -342,6 +342,10 @@ class RetentionMixer(WaveFieldMixer):
     return self._readout(q, y_t[:, None], gate)[:, 0], {"conv": conv_history(qkv, cache["conv"]), "wave": state}
 
 
+# The wave-field mixers by their name in `model.mixers`.
+WAVE_MIXERS = {"wave": WaveFieldMixer, "selective": SelectiveWaveMixer, "retention": RetentionMixer}
+
+
 def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
   """Rotary position embedding (rotate-half form).
 

@@ -22,8 +22,6 @@ from flax import nnx
 
 from wavefield_jax import layers
 
-MIXERS = {"wave": layers.WaveFieldMixer, "selective": layers.SelectiveWaveMixer, "retention": layers.RetentionMixer}
-
 
 class WaveFieldMixer(nn.Module):
   """`layers.WaveFieldMixer` (or, with `kind`, the selective or retention mixer) as a Linen module.
@@ -53,11 +51,11 @@ class WaveFieldMixer(nn.Module):
   constants: tuple | None = None
 
   def _build(self, key: jax.Array) -> nnx.Module:
-    if self.kind not in MIXERS:
-      raise ValueError(f"kind must be one of {tuple(MIXERS)}; got {self.kind!r}")
+    if self.kind not in layers.WAVE_MIXERS:
+      raise ValueError(f"kind must be one of {tuple(layers.WAVE_MIXERS)}; got {self.kind!r}")
     options = dict(conv_width=self.conv_width, method=self.method, chunk_size=self.chunk_size, dtype=self.dtype)
     options |= dict(param_dtype=self.param_dtype, constants=self.constants)
-    return MIXERS[self.kind](self.dim, self.num_heads, max_len=self.max_len, rngs=nnx.Rngs(key), **options)
+    return layers.WAVE_MIXERS[self.kind](self.dim, self.num_heads, max_len=self.max_len, rngs=nnx.Rngs(key), **options)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:

@@ -88,14 +88,9 @@ class WaveFieldLM(nnx.Module):
     dtype = jnp.dtype(config.dtype)
     self.embed = nnx.Embed(config.vocab_size, config.dim, dtype=dtype, rngs=rngs)
     blocks = []
-    wave_kinds = {
-      "wave": layers.WaveFieldMixer,
-      "selective": layers.SelectiveWaveMixer,
-      "retention": layers.RetentionMixer,
-    }
     for kind in config.mixers:
-      if kind in wave_kinds:
-        mixer = wave_kinds[kind](
+      if kind in layers.WAVE_MIXERS:
+        mixer = layers.WAVE_MIXERS[kind](
           config.dim,
           config.num_heads,
           max_len=config.max_len,

@@ -11,10 +11,10 @@
 
 Each model (2 layers, D=64, 4 heads; the names say the mixers, bottom first: wave-wave, attention-attention,
 wave-attention, wave-local with a window of 64, and the selective and retention forms alone and under the
-window) is trained on fresh random sequences with the loss on the answers only, then scored on 512 unseen
-sequences: accuracy is the fraction of answers whose argmax is right. Same steps and batch for every
-model; each model at the best of the learning rates given (recurrent models solve recall in a narrow window
-of rates).
+window; a suffix _h<H> gives each mixer H heads instead of 4: retention_h1, selective_h16) is trained on
+fresh random sequences with the loss on the answers only, then scored on 512 unseen sequences: accuracy
+is the fraction of answers whose argmax is right. Same steps and batch for every model; each model at the
+best of the learning rates given (recurrent models solve recall in a narrow window of rates).
 
   python -m benchmarks.recall [--cases mqar:32:2:16@2000,induction:64,copy:256:16:16] [--steps 800]
                               [--models wave,selective] [--learning-rates 1e-3,3e-3]
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 
 import numpy as np
@@ -40,6 +41,16 @@ DEFAULT_MODELS = "transformer,wave,hybrid,hybrid_local"
 # Rows measured before the sweep existed all trained at this rate.
 FIRST_LEARNING_RATE = 3e-3
 WINDOW = 64
+HEADS = 4
+MODEL_NAME = re.compile(r"(?P<mixers>[a-z_]+?)(?:_h(?P<heads>\d+))?")
+
+
+def model_shape(model: str) -> tuple[tuple[str, str], int]:
+  """ "retention_h1" -> (("retention", "retention"), 1): the two mixers and the heads per mixer."""
+  match = MODEL_NAME.fullmatch(model)
+  if match is None or match["mixers"] not in MIXERS or (match["heads"] and 64 % int(match["heads"])):
+    raise ValueError(f"unknown model {model!r}; choose from {','.join(MIXERS)}, each with an optional _h<H>, H | 64")
+  return MIXERS[match["mixers"]], int(match["heads"] or HEADS)
 
 
 def mqar(
@@ -125,8 +136,9 @@ def measure(case: dict) -> dict:
   from wavefield_jax.train_lib import init_state, make_train_step
 
   config = base_config()
-  config.model.update(dict(dim=64, num_layers=2, num_heads=4, mlp_dim=128, max_len=case["length"]))
-  config.model.mixers = MIXERS[case["model"]]
+  mixers, heads = model_shape(case["model"])
+  config.model.update(dict(dim=64, num_layers=2, num_heads=heads, mlp_dim=128, max_len=case["length"]))
+  config.model.mixers = mixers
   config.model.window = WINDOW
   rate = case["learning_rate"]
   config.train.update(dict(steps=case["steps"], warmup_steps=100, learning_rate=rate, wave_learning_rate=rate))
@@ -159,16 +171,18 @@ def measure(case: dict) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--cases", default="mqar:32:2:16@2000,mqar:64:4:16@2000,induction:64,induction:256")
-  parser.add_argument("--models", default=DEFAULT_MODELS, help=f"any of {','.join(MIXERS)}")
+  parser.add_argument("--models", default=DEFAULT_MODELS, help=f"any of {','.join(MIXERS)}, with an optional _h<H>")
   parser.add_argument("--learning-rates", default=str(FIRST_LEARNING_RATE), help="each model's best of these counts")
   parser.add_argument("--steps", type=int, default=800, help="training steps of a case without its own @<steps>")
   parser.add_argument("--tokens-per-step", type=int, default=4096)
   args = parser.parse_args()
   specs = [parse_case(spec, args.steps) for spec in args.cases.split(",")]
   models = args.models.split(",")
-  unknown = sorted(set(models) - set(MIXERS))
-  if unknown:
-    parser.error(f"unknown model {unknown[0]!r}; choose from {','.join(MIXERS)}")
+  for model in models:
+    try:
+      model_shape(model)
+    except ValueError as error:
+      parser.error(str(error))
   rates = [float(r) for r in args.learning_rates.split(",")]
   # Cases already measured with the same budget are kept from the last results: a run cut short (or one
   # case that failed) is finished by starting the script again.
@@ -227,7 +241,10 @@ def write(rows: list[dict], tokens_per_step: int) -> None:
 
   best = best_rows(rows, tokens_per_step)
   specs = list(dict.fromkeys(spec for spec, _ in best))
-  models = [m for m in MIXERS if any(model == m for _, model in best)]
+  # Columns in the table's order of mixers, each name's head counts together.
+  models = sorted(
+    {model for _, model in best}, key=lambda m: (list(MIXERS).index(MODEL_NAME.fullmatch(m)["mixers"]), m)
+  )
   names = [case_name(dict(zip(SPEC_KEYS, spec, strict=True))) for spec in specs]
 
   def cell(spec: tuple, model: str) -> str:

@@ -68,3 +68,12 @@ def test_a_case_may_name_its_own_steps():
   assert recall.parse_case("mqar:32:2:16@2000", 800) == dict(task="mqar", length=32, pairs=2, vocab=16, steps=2000)
   assert recall.parse_case("induction:64", 800) == dict(task="induction", length=64, pairs=0, vocab=256, steps=800)
   assert recall.parse_case("copy:256:16:16", 800) == dict(task="copy", length=256, pairs=16, vocab=16, steps=800)
+
+
+def test_a_model_name_may_set_the_heads():
+  assert recall.model_shape("retention_h1") == (("retention", "retention"), 1)
+  assert recall.model_shape("selective_retention_h16") == (("selective", "retention"), 16)
+  assert recall.model_shape("hybrid_local") == (("wave", "local"), recall.HEADS)
+  for name in ("waves", "wave_h3", "wave_h", "h4"):
+    with pytest.raises(ValueError, match="unknown model"):
+      recall.model_shape(name)

@@ -1,11 +1,22 @@
 """Test setup: 8 host CPU devices, set before JAX starts (docs/design.md, section 6)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join(
   [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One compilation cache per session, shared by the xdist workers (started after this, with this environment)
+# and by the processes the tests start: the tiny run that train.py compiled once is loaded by the next
+# train.py, evaluate, sample or wheel command instead of compiled again. Every compile is cached.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="wavefield-jax-compiled-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 # hypothesis is imported here, at a shallow stack: imported lazily by its pytest plugin during the terminal
 # summary, its assertion-rewritten modules hit CPython 3.11.7's "AST constructor recursion depth mismatch".

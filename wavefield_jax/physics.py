@@ -13,7 +13,8 @@ same mixing runs three ways that agree to float32 rounding:
 - `wave_conv(..., chunk_size=T)`: FFT inside chunks, the complex state carried across them (very
   long or sequence-sharded inputs).
 
-Everything here is a pure function of arrays: jit-able and differentiable in every argument.
+Everything here is a pure function of arrays: jit-able and differentiable in every argument. Called
+outside `jit`, each public function runs as one compiled program per shape, its constants checked first.
 Shapes: B batch, L length, H heads, K channels per head, F frequency bins, C chunks, T chunk length.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import inspect
 import math
 import operator
 
@@ -100,21 +102,78 @@ def check_constants(speed, damping, phase, *others) -> tuple[jax.Array, jax.Arra
     raise ValueError(f"speed, damping and phase must have the same number of heads; got {sizes}")
   if sizes["speed"] == 0:
     raise ValueError("speed, damping and phase must hold at least one head; got H=0")
+  _check_values(arrays)
+  dtype = _real_dtype(speed, damping, phase, *others)
+  return tuple(jnp.asarray(a, dtype) for a in (speed, damping, phase))
+
+
+def _check_values(arguments: dict) -> None:
+  """The value checks of whichever of speed, damping, phase and delta `arguments` holds: those given
+  concretely are read; traced ones are checked inside `traced_checks` only."""
   for name in ("speed", "damping"):
-    value = arrays[name]
+    value = arguments.get(name)
+    if value is None:
+      continue
     if _is_concrete(value):
       host = np.asarray(value, dtype=np.float64)
       bad = ~(host > 0) | ~np.isfinite(host)
       if bad.any():
         head = int(np.argmax(bad))
-        raise ValueError(f"{name} must be finite and > 0 for every head; got {host[head]} at head {head}")
+        raise ValueError(f"{name} must be finite and > 0 for every head; got {host.flat[head]} at head {head}")
     elif _TRACED_CHECKS.get():
       bad = ~(value > 0) | ~jnp.isfinite(value)
       checkify.check(~bad.any(), f"{name} must be finite and > 0 for every head; got {{}}", value[jnp.argmax(bad)])
-  if _is_concrete(phase) and not np.isfinite(np.asarray(phase, dtype=np.float64)).all():
+  phase = arguments.get("phase")
+  if phase is not None and _is_concrete(phase) and not np.isfinite(np.asarray(phase, dtype=np.float64)).all():
     raise ValueError("phase must be finite for every head")
-  dtype = _real_dtype(speed, damping, phase, *others)
-  return tuple(jnp.asarray(a, dtype) for a in (speed, damping, phase))
+  delta = arguments.get("delta")
+  if delta is not None and _is_concrete(delta):
+    host = np.asarray(delta, dtype=np.float64)
+    bad = ~(host >= 0) | ~np.isfinite(host)
+    if bad.any():
+      index = tuple(int(i) for i in np.argwhere(bad)[0])
+      raise ValueError(f"delta must be finite and >= 0 everywhere; got {host[index]} at [b, t, h] = {index}")
+
+
+def _is_static(value) -> bool:
+  return value is None or isinstance(value, (str, int, np.integer))
+
+
+def _is_array_like(value) -> bool:
+  return isinstance(value, (jax.Array, np.ndarray, np.generic, int, float, complex))
+
+
+def _one_program(*static_argnames: str):
+  """Runs a public function as one compiled program per shape and static arguments.
+
+  Called outside `jit` (as in a notebook), JAX would otherwise dispatch and compile every primitive of
+  the chunked forms on its own: seconds per call at a new shape. The concrete values are checked
+  first, as they cannot be read inside the program; the `traced_checks` setting is part of the key.
+  """
+
+  def decorate(fn):
+    signature = inspect.signature(fn)
+
+    @functools.partial(jax.jit, static_argnums=(0, 1))
+    def compiled(static: tuple, checks: bool, dynamic: dict):
+      token = _TRACED_CHECKS.set(checks)
+      try:
+        return fn(**dict(static), **dynamic)
+      finally:
+        _TRACED_CHECKS.reset(token)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+      arguments = signature.bind(*args, **kwargs).arguments
+      static = tuple((name, arguments.pop(name)) for name in static_argnames if name in arguments)
+      if not all(_is_static(value) for _, value in static) or not all(map(_is_array_like, jax.tree.leaves(arguments))):
+        return fn(*args, **kwargs)  # not a program's input: the function's own checks name the problem
+      _check_values(arguments)
+      return compiled(static, _TRACED_CHECKS.get(), arguments)
+
+    return run
+
+  return decorate
 
 
 def _check_length(length: int) -> int:
@@ -188,6 +247,7 @@ def _powers(speed: jax.Array, damping: jax.Array, length: int, offset: int = 0) 
   return jnp.exp(-damping[:, None] * t[None, :]) * jax.lax.complex(jnp.cos(angle), jnp.sin(angle))
 
 
+@_one_program("length")
 def wave_kernel(speed: jax.Array, damping: jax.Array, phase: jax.Array, length: int) -> jax.Array:
   """The causal impulse response of each head.
 
@@ -213,6 +273,7 @@ def wave_kernel(speed: jax.Array, damping: jax.Array, phase: jax.Array, length: 
   return _norm(damping)[:, None] * jnp.exp(-damping[:, None] * t[None, :]) * jnp.cos(angle)
 
 
+@_one_program("length")
 def wave_field(speed: jax.Array, damping: jax.Array, phase: jax.Array, length: int) -> jax.Array:
   """The O(L^2) Toeplitz field W[h, t, s] = k[h, t - s] for s <= t, else 0. For reference and pictures.
 
@@ -287,6 +348,7 @@ def check_method(method: str, chunk_size: int | None, length: int) -> tuple[str,
   return method, min(int(chunk_size), length)
 
 
+@_one_program("method", "chunk_size")
 def wave_conv(
   u: jax.Array,
   speed: jax.Array,
@@ -339,6 +401,7 @@ def wave_conv(
   return _heads_back(y).astype(u.dtype)
 
 
+@_one_program()
 def wave_state(u: jax.Array, speed: jax.Array, damping: jax.Array) -> jax.Array:
   """The recurrent state after the last position of u, started from zero.
 
@@ -369,6 +432,7 @@ def _response(speed: jax.Array, damping: jax.Array, phase: jax.Array, length: in
   return _norm(damping)[:, None] * _powers(speed, damping, length, offset=1) * _rotation(phase)[:, None]
 
 
+@_one_program("length")
 def state_response(state: jax.Array, speed: jax.Array, damping: jax.Array, phase: jax.Array, length: int) -> jax.Array:
   """What the next `length` positions receive from a state carried in from before them.
 
@@ -508,6 +572,7 @@ def _entering_states(
   return entering
 
 
+@_one_program("chunk_size", "method")
 def wave_conv_chunked(
   u: jax.Array,
   speed: jax.Array,
@@ -588,6 +653,7 @@ def wave_step(
   return y_t, state
 
 
+@_one_program()
 def wave_scan(
   u: jax.Array,
   speed: jax.Array,
@@ -633,12 +699,7 @@ def _check_clock(delta, u) -> None:
     raise ValueError(
       f"delta must have shape [B, L, H] = {jnp.shape(u)[:3]} (that of u without K); got {jnp.shape(delta)}"
     )
-  if _is_concrete(delta):
-    host = np.asarray(delta, dtype=np.float64)
-    bad = ~(host >= 0) | ~np.isfinite(host)
-    if bad.any():
-      index = tuple(int(i) for i in np.argwhere(bad)[0])
-      raise ValueError(f"delta must be finite and >= 0 everywhere; got {host[index]} at [b, t, h] = {index}")
+  _check_values({"delta": delta})
 
 
 def segment_sum(x: jax.Array) -> jax.Array:
@@ -669,6 +730,7 @@ def _check_selective(u, delta, speed, damping, phase):
   return speed, damping, phase
 
 
+@_one_program("chunk_size")
 def selective_conv_chunked(
   u: jax.Array,
   delta: jax.Array,
@@ -775,6 +837,7 @@ def selective_step(
   return jnp.real(_rotation(phase)[None, :, None] * state), state
 
 
+@_one_program()
 def selective_scan(
   u: jax.Array,
   delta: jax.Array,
@@ -848,6 +911,7 @@ def _matrix_states(k: jax.Array, v: jax.Array, speed: jax.Array, damping: jax.Ar
   return jax.lax.complex(state[:, :, 0], state[:, :, 1])
 
 
+@_one_program("chunk_size")
 def retention_chunked(
   q: jax.Array,
   k: jax.Array,

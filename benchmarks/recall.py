@@ -258,7 +258,8 @@ def write(rows: list[dict], tokens_per_step: int) -> None:
   table += (
     f"\n\nAnswer accuracy at the best learning rate tried (in brackets). 2 layers, D=64, steps of "
     f"{tokens_per_step:,} tokens, loss on answers only; 512 unseen sequences; *_local: the named mixer, then "
-    f"sliding-window attention of {WINDOW} positions; selective_retention: selective, then retention."
+    f"sliding-window attention of {WINDOW} positions; selective_retention: selective, then retention; "
+    f"_h<H>: H heads per mixer ({HEADS} otherwise)."
   )
   common.write_results("recall", {"machine": common.machine(), "tokens_per_step": tokens_per_step, "rows": rows}, table)
   fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(specs) * max(1, len(models) / 4)), 3.8))

@@ -41,6 +41,7 @@ DEFAULT_MODELS = "transformer,wave,hybrid,hybrid_local"
 # Rows measured before the sweep existed all trained at this rate.
 FIRST_LEARNING_RATE = 3e-3
 WINDOW = 64
+DIM = 64
 HEADS = 4
 MODEL_NAME = re.compile(r"(?P<mixers>[a-z_]+?)(?:_h(?P<heads>\d+))?")
 
@@ -48,8 +49,8 @@ MODEL_NAME = re.compile(r"(?P<mixers>[a-z_]+?)(?:_h(?P<heads>\d+))?")
 def model_shape(model: str) -> tuple[tuple[str, str], int]:
   """ "retention_h1" -> (("retention", "retention"), 1): the two mixers and the heads per mixer."""
   match = MODEL_NAME.fullmatch(model)
-  if match is None or match["mixers"] not in MIXERS or (match["heads"] and 64 % int(match["heads"])):
-    raise ValueError(f"unknown model {model!r}; choose from {','.join(MIXERS)}, each with an optional _h<H>, H | 64")
+  if match is None or match["mixers"] not in MIXERS or (match["heads"] and DIM % int(match["heads"])):
+    raise ValueError(f"unknown model {model!r}; choose from {','.join(MIXERS)}, each with an optional _h<H>, H | {DIM}")
   return MIXERS[match["mixers"]], int(match["heads"] or HEADS)
 
 
@@ -137,7 +138,7 @@ def measure(case: dict) -> dict:
 
   config = base_config()
   mixers, heads = model_shape(case["model"])
-  config.model.update(dict(dim=64, num_layers=2, num_heads=heads, mlp_dim=128, max_len=case["length"]))
+  config.model.update(dict(dim=DIM, num_layers=2, num_heads=heads, mlp_dim=128, max_len=case["length"]))
   config.model.mixers = mixers
   config.model.window = WINDOW
   rate = case["learning_rate"]

@@ -1,10 +1,8 @@
 """Fuzzing the public physics functions and config validation with hypothesis: a correct finite result, or a
 ValueError / TypeError that names the argument; never a NaN from finite valid input."""
 
-import functools
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -58,17 +56,6 @@ def problems(draw):
 TOLERANCE = {np.float32: 1e-3, np.float16: 2e-2, "bfloat16": 5e-2}
 
 
-@functools.partial(jax.jit, static_argnums=4)  # one program per shape: op by op, each example took seconds
-def every_path(u, speed, damping, phase, chunk_size):
-  return {
-    "wave_conv fft": wf.wave_conv(u, speed, damping, phase, method="fft"),
-    "wave_scan": wf.wave_scan(u, speed, damping, phase),
-    "wave_conv_chunked fft": wf.wave_conv_chunked(u, speed, damping, phase, chunk_size, method="fft")[0],
-    # the matmul method at any chunk size (wave_conv's matmul method is this with chunks of 32)
-    "wave_conv_chunked matmul": wf.wave_conv_chunked(u, speed, damping, phase, chunk_size, method="matmul")[0],
-  }
-
-
 @settings(FUZZ, max_examples=12)  # each example compiles every path at a new shape
 @given(problems(), st.integers(1, 250))
 def test_every_path_is_finite_and_equals_the_field(problem, chunk_size):
@@ -76,7 +63,13 @@ def test_every_path_is_finite_and_equals_the_field(problem, chunk_size):
   if dtype == "bfloat16":
     u = jnp.asarray(u, jnp.bfloat16)
   want = conv_f64(np.asarray(u, np.float64), *(np.asarray(a, np.float32) for a in (speed, damping, phase)))
-  outputs = every_path(u, speed, damping, phase, chunk_size)
+  outputs = {
+    "wave_conv fft": wf.wave_conv(u, speed, damping, phase, method="fft"),
+    "wave_scan": wf.wave_scan(u, speed, damping, phase),
+    "wave_conv_chunked fft": wf.wave_conv_chunked(u, speed, damping, phase, chunk_size, method="fft")[0],
+    # the matmul method at any chunk size (wave_conv's matmul method is this with chunks of 32)
+    "wave_conv_chunked matmul": wf.wave_conv_chunked(u, speed, damping, phase, chunk_size, method="matmul")[0],
+  }
   for name, y in outputs.items():
     assert y.shape == u.shape and y.dtype == u.dtype, name
     y = np.asarray(y, np.float64)

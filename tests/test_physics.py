@@ -500,5 +500,10 @@ def test_traced_checks_name_bad_constants_under_jit(rng):
   np.testing.assert_allclose(y, wf.wave_conv(u, speed, damping, phase), atol=1e-6)
   assert "damping must be finite and > 0 for every head; got -0.0099" in negative.get()
   assert "speed must be finite and > 0" in not_a_number.get()
+  # Inside the context, concrete constants are still checked where they enter, with no checkify needed.
+  with physics.traced_checks():
+    np.testing.assert_allclose(wf.wave_conv(u, speed, damping, phase), y, atol=1e-6)
+    with pytest.raises(ValueError, match="damping must be finite and > 0 for every head; got -0.0099"):
+      wf.wave_conv(u, speed, damping.at[1].set(-0.01), phase)
   # Outside the context the same traced call is not checked (and costs nothing): the field grows as e^(0.01 t).
   assert np.abs(np.asarray(jax.jit(wf.wave_conv)(u, speed, damping.at[1].set(-0.01), phase))).max() > 1e6

@@ -168,8 +168,12 @@ def _one_program(*static_argnames: str):
       static = tuple((name, arguments.pop(name)) for name in static_argnames if name in arguments)
       if not all(_is_static(value) for _, value in static) or not all(map(_is_array_like, jax.tree.leaves(arguments))):
         return fn(*args, **kwargs)  # not a program's input: the function's own checks name the problem
-      _check_values(arguments)
-      return compiled(static, _TRACED_CHECKS.get(), arguments)
+      concrete = {name: value for name, value in arguments.items() if _is_concrete(value)}
+      _check_values(concrete)
+      # Traced constants are checked inside the program, and only under `traced_checks`: checked here,
+      # a concrete call in that context would stage a check that no `checkify` takes back.
+      traced = any(not _is_concrete(arguments.get(name)) for name in ("speed", "damping"))
+      return compiled(static, traced and _TRACED_CHECKS.get(), arguments)
 
     return run
 

@@ -1,28 +1,35 @@
-"""Exact recall: multi-query associative recall (MQAR) and induction copying, wave vs Transformer vs hybrids.
+"""Exact recall: the literature's tasks (Mamba's induction heads, Zoology's MQAR) and the project's own.
 
-  mqar:L:P[:V]   P key-value pairs (keys 1..V/2-1, values V/2..V-1; V = 256 unless given) open a sequence
-                 of L tokens; later each key is asked once at a random position and the next token must be
-                 its value. mqar:64:4 is the Zoology smoke setting.
-  induction:L    a random sequence of L/2 tokens, then the same sequence again: the second half is copied.
-  copy:L:N[:V]   selective copying (the Mamba paper's task): N data tokens (1..V-2) scattered among blanks (0)
-                 over the first L - N positions, then a marker (V-1), then the N tokens again in order, each
-                 predicted from the ones before it. copy:256:16:16 is the paper's setting.
-  ...@N          trains that case for N steps instead of --steps (e.g. mqar:32:2:16@2000).
+  induction_heads:L   Mamba's induction heads (Gu & Dao 2023): vocabulary 16, a special token appears once,
+                      then again at the end, where the token that followed it must be named. Trained at L and
+                      scored at every length of --eval-lengths (Mamba: 2^6 to 2^20).
+  zoology:L:P         Zoology's MQAR (Arora et al. 2023): vocabulary 8,192, P key-value pairs, each key asked
+                      once at a power-law offset, random tokens between. Its grid: (64, 4), (128, 8), (256, 16).
+  mqar:L:P[:V]        the project's MQAR: P key-value pairs (keys 1..V/2-1, values V/2..V-1; V = 256 unless
+                      given), each key asked once at a uniform even offset, zeros between.
+  copy_sequence:L     a random sequence of L/2 tokens, then the same sequence again: the second half is copied.
+                      A bounded state cannot hold L/2 arbitrary tokens, so this one is attention's by design.
+  copy:L:N[:V]        selective copying (the Mamba paper's task): N data tokens (1..V-2) scattered among blanks
+                      (0) over the first L - N positions, then a marker (V-1), then the N tokens again in order.
+  ...@N               trains that case for N steps instead of --steps (e.g. induction_heads:256@15000).
 
 Each model (2 layers, D=64, 4 heads; the names say the mixers, bottom first: wave-wave, attention-attention,
 wave-attention, wave-local with a window of 64, and the selective and retention forms alone and under the
-window; a suffix _h<H> gives each mixer H heads instead of 4: retention_h1, selective_h16) is trained on
-fresh random sequences with the loss on the answers only, then scored on 512 unseen sequences: accuracy
-is the fraction of answers whose argmax is right. Same steps and batch for every model; each model at the
-best of the learning rates given (recurrent models solve recall in a narrow window of rates).
+window; a suffix _d<D> sets the width, _h<H> the heads per mixer: retention_d128, selective_h16) is trained
+on fresh random sequences with the loss on the answers only, then scored on unseen sequences: accuracy is
+the fraction of answers whose argmax is right. Scoring runs chunk by chunk through the decode cache
+(`prefill`), so a wave-family model reads 2^20 tokens in memory flat in the length; full attention past
+ATTENTION_MAX_LEN is "out of memory" (its L x L scores per head pass 4 GiB). Each row also holds the state the
+model keeps per sequence for decoding (floats, all layers; attention's grows with the length).
 
-  python -m benchmarks.recall [--cases mqar:32:2:16@2000,induction:64,copy:256:16:16] [--steps 800]
-                              [--models wave,selective] [--learning-rates 1e-3,3e-3]
+  python -m benchmarks.recall [--cases induction_heads:256@15000] [--eval-lengths 256,4096,65536,1048576]
+                              [--models wave,selective] [--learning-rates 1e-3,3e-3] [--tokens-per-step 2048]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import time
@@ -43,47 +50,120 @@ FIRST_LEARNING_RATE = 3e-3
 WINDOW = 64
 DIM = 64
 HEADS = 4
-MODEL_NAME = re.compile(r"(?P<mixers>[a-z_]+?)(?:_h(?P<heads>\d+))?")
+MODEL_NAME = re.compile(r"(?P<mixers>[a-z_]+?)(?:_d(?P<dim>\d+))?(?:_h(?P<heads>\d+))?")
+INDUCTION_VOCAB = 16
+ZOOLOGY_VOCAB = 8192
+ZOOLOGY_GAP_POWER = 0.01
+DEFAULT_VOCAB = {"induction_heads": INDUCTION_VOCAB, "zoology": ZOOLOGY_VOCAB}
+# Scoring: chunks of the decode path, and how many unseen sequences at each length (fewer at 2^20).
+SCORE_CHUNK = 4096
+SCORE_TOKENS = 2**23
+SCORE_SEQUENCES = 512
+# Full attention's L x L float32 scores for one sequence, head and layer reach 4 GiB past 2^15 positions:
+# beyond this length its cell says "out of memory" (Mamba's attention baselines stop at 2^14 as well).
+ATTENTION_MAX_LEN = 2**15
+OUT_OF_MEMORY = "out of memory"
 
 
-def model_shape(model: str) -> tuple[tuple[str, str], int]:
-  """ "retention_h1" -> (("retention", "retention"), 1): the two mixers and the heads per mixer."""
+def model_shape(model: str) -> tuple[tuple[str, str], int, int]:
+  """ "retention_d128_h1" -> (("retention", "retention"), 128, 1): the two mixers, the width, the heads."""
   match = MODEL_NAME.fullmatch(model)
-  if match is None or match["mixers"] not in MIXERS or (match["heads"] and DIM % int(match["heads"])):
-    raise ValueError(f"unknown model {model!r}; choose from {','.join(MIXERS)}, each with an optional _h<H>, H | {DIM}")
-  return MIXERS[match["mixers"]], int(match["heads"] or HEADS)
+  dim = int(match["dim"] or DIM) if match else DIM
+  heads = int(match["heads"] or HEADS) if match else HEADS
+  if match is None or match["mixers"] not in MIXERS or dim % heads or (dim // heads) % 2:
+    raise ValueError(
+      f"unknown model {model!r}; choose from {','.join(MIXERS)}, each with an optional _d<D> and _h<H>"
+      " (H heads of an even width dividing D)"
+    )
+  return MIXERS[match["mixers"]], dim, heads
 
 
-def mqar(
-  rng: np.random.Generator, batch: int, length: int, pairs: int, vocab: int = 256
+def associative_recall(
+  rng: np.random.Generator,
+  batch: int,
+  length: int,
+  pairs: int,
+  vocab: int = 256,
+  *,
+  gap_power: float = 1.0,
+  random_filler: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Windows [B, L + 1] and answer weights [B, L]."""
-  if (length + 1 - 2 * pairs) // 2 < pairs:
-    raise ValueError(f"mqar with {pairs} pairs needs L >= {4 * pairs}; got {length}")
-  if not (pairs < vocab // 2 and vocab <= 256):  # the byte model's 256 tokens
-    raise ValueError(f"mqar with {pairs} pairs needs a vocabulary of {2 * pairs + 2} to 256; got {vocab}")
-  tokens = np.zeros((batch, length + 1), np.int32)
+  """Windows [B, L + 1] and answer weights [B, L]: `pairs` distinct keys (1..V/2-1), each with a value
+  (V/2..V-1), open the window; later each key is asked once and the next token must be its value.
+
+  A query sits at an even offset g after the pairs, g drawn without replacement with probability
+  proportional to (g + 1)^(gap_power - 1): 1 is uniform, Zoology's 0.01 asks most keys soon after the pairs.
+  The other positions hold 0, or with `random_filler` uniform tokens of the whole vocabulary (Zoology's).
+  """
+  slots_after = (length + 1 - 2 * pairs) // 2  # even offsets where a query and its answer fit
+  if slots_after < pairs:
+    raise ValueError(f"recall of {pairs} pairs needs L >= {4 * pairs}; got {length}")
+  if pairs >= vocab // 2:
+    raise ValueError(f"recall of {pairs} pairs needs a vocabulary of at least {2 * pairs + 2}; got {vocab}")
+  gap_weights = np.arange(1, slots_after + 1, dtype=np.float64) ** (gap_power - 1)
+  gap_weights /= gap_weights.sum()
+  if random_filler:
+    tokens = rng.integers(0, vocab, (batch, length + 1)).astype(np.int32)
+  else:
+    tokens = np.zeros((batch, length + 1), np.int32)
   weights = np.zeros((batch, length), np.float32)
   for row in range(batch):
     keys = rng.choice(np.arange(1, vocab // 2), pairs, replace=False)
     values = rng.integers(vocab // 2, vocab, pairs)
     tokens[row, 0 : 2 * pairs : 2], tokens[row, 1 : 2 * pairs : 2] = keys, values
-    # Query slots: even offsets after the pairs, so a query and its answer never overlap another.
-    slots = 2 * pairs + 2 * rng.choice((length + 1 - 2 * pairs) // 2, pairs, replace=False)
+    slots = 2 * pairs + 2 * rng.choice(slots_after, pairs, replace=False, p=gap_weights)
     tokens[row, slots], tokens[row, slots + 1] = keys, values
     weights[row, slots] = 1.0  # the target after position `slot` is the value
   return tokens, weights
 
 
-def induction(
+def mqar(
+  rng: np.random.Generator, batch: int, length: int, pairs: int, vocab: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+  """The project's MQAR: uniform query offsets, zeros between."""
+  return associative_recall(rng, batch, length, pairs, vocab)
+
+
+def zoology(
+  rng: np.random.Generator, batch: int, length: int, pairs: int, vocab: int = ZOOLOGY_VOCAB
+) -> tuple[np.ndarray, np.ndarray]:
+  """Zoology's MQAR (Arora et al. 2023): power-law query offsets (0.01), random tokens between."""
+  return associative_recall(rng, batch, length, pairs, vocab, gap_power=ZOOLOGY_GAP_POWER, random_filler=True)
+
+
+def copy_sequence(
   rng: np.random.Generator, batch: int, length: int, pairs: int = 0, vocab: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
+  """A random sequence of L/2 tokens, then the same sequence again: every token of the second copy is asked.
+  The state must hold L/2 arbitrary tokens, so a model with a bounded state cannot win it at large L
+  (Jelassi et al. 2024), while attention copies by looking back."""
   del pairs  # every position of the second copy is a query
   half = length // 2 + 1  # two copies cover the L + 1 tokens of a window
   first = rng.integers(1, vocab, (batch, half))
   tokens = np.concatenate([first, first], axis=1)[:, : length + 1].astype(np.int32)
   weights = np.zeros((batch, length), np.float32)
   weights[:, half:] = 1.0  # targets from the second copy's second token on: each is determined
+  return tokens, weights
+
+
+def induction_heads(
+  rng: np.random.Generator, batch: int, length: int, pairs: int = 0, vocab: int = INDUCTION_VOCAB
+) -> tuple[np.ndarray, np.ndarray]:
+  """Mamba's induction heads (Gu & Dao 2023): random tokens 0..V-2; the special token V-1 appears once
+  somewhere, and again as the last input; the one answer is the token that followed its first occurrence.
+  Windows [B, L + 1] and weights [B, L], 1 at the last position only."""
+  del pairs
+  if length < 4 or vocab < 3:
+    raise ValueError(f"induction heads needs L >= 4 and a vocabulary >= 3; got L={length}, V={vocab}")
+  special = vocab - 1
+  tokens = rng.integers(0, special, (batch, length + 1)).astype(np.int32)
+  first = rng.integers(0, length - 2, batch)  # leaves its answer before the final query
+  rows = np.arange(batch)
+  tokens[rows, first] = special
+  tokens[:, length - 1] = special
+  tokens[:, length] = tokens[rows, first + 1]
+  weights = np.zeros((batch, length), np.float32)
+  weights[:, -1] = 1.0
   return tokens, weights
 
 
@@ -105,96 +185,171 @@ def selective_copy(
   return tokens, weights
 
 
-TASKS = {"mqar": mqar, "induction": induction, "copy": selective_copy}
+TASKS = {
+  "mqar": mqar,
+  "zoology": zoology,
+  "copy_sequence": copy_sequence,
+  "induction_heads": induction_heads,
+  "copy": selective_copy,
+}
 
 
 def parse_case(spec: str, steps: int) -> dict:
   """ "mqar:64:4" -> {"task": "mqar", "length": 64, "pairs": 4, "vocab": 256, "steps": steps};
-  "mqar:64:4:64@2000" -> vocab 64, 2000 steps; "induction:256" -> pairs 0, vocab 256."""
+  "mqar:64:4:64@2000" -> vocab 64, 2000 steps; "induction_heads:256" -> pairs 0, vocab 16."""
   body, _, own_steps = spec.partition("@")
   task, *numbers = body.split(":")
-  if task not in TASKS or len(numbers) not in ((1,) if task == "induction" else (2, 3)):
+  counts = {"copy_sequence": (1,), "induction_heads": (1,), "zoology": (2,)}.get(task, (2, 3))
+  if task not in TASKS or len(numbers) not in counts or not all(n.isdigit() for n in numbers):
     raise ValueError(
-      f"a case is mqar:<L>:<pairs>[:<vocab>], copy:<L>:<tokens>[:<vocab>] or induction:<L>, then optional @<steps>;"
-      f" got {spec!r}"
+      "a case is induction_heads:<L>, zoology:<L>:<pairs>, mqar:<L>:<pairs>[:<vocab>], copy_sequence:<L> or"
+      f" copy:<L>:<tokens>[:<vocab>], then optional @<steps>; got {spec!r}"
     )
   numbers = [int(n) for n in numbers]
   return {
     "task": task,
     "length": numbers[0],
-    "pairs": numbers[1] if task != "induction" else 0,
-    "vocab": numbers[2] if len(numbers) == 3 else 256,
+    "pairs": numbers[1] if len(numbers) > 1 else 0,
+    "vocab": numbers[2] if len(numbers) == 3 else DEFAULT_VOCAB.get(task, 256),
     "steps": int(own_steps) if own_steps else steps,
   }
 
 
-def measure(case: dict) -> dict:
+def has_full_attention(model: str) -> bool:
+  return "attention" in model_shape(model)[0]
+
+
+def state_floats(model, length: int) -> int:
+  """Floats the model keeps per sequence to decode at position `length` (complex counts 2), all layers."""
+  import jax
+  import jax.numpy as jnp
+
+  leaves = jax.tree.leaves(jax.eval_shape(lambda: model.init_cache(1, length)))
+  floating = [leaf for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+  return sum(leaf.size * (2 if jnp.issubdtype(leaf.dtype, jnp.complexfloating) else 1) for leaf in floating)
+
+
+def score_sequences(length: int) -> int:
+  return int(min(SCORE_SEQUENCES, max(8, SCORE_TOKENS // length)))
+
+
+def accuracy_at(model, case: dict, length: int, seed: int) -> float:
+  """Answer accuracy on `score_sequences(length)` unseen windows of `length` tokens, read in chunks of
+  SCORE_CHUNK through the decode cache (one compiled program per chunk shape)."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
 
+  graphdef, params = nnx.split(model)
+
+  @functools.partial(jax.jit, donate_argnums=1)
+  def chunk_hits(params, cache, tokens, targets, weights):
+    logits, cache = nnx.merge(graphdef, params).prefill(tokens, cache)
+    return ((jnp.argmax(logits, -1) == targets) * weights).sum(), cache
+
+  task = TASKS[case["task"]]
+  chunk = min(length, SCORE_CHUNK)
+  sequences = score_sequences(length)
+  rows = max(1, min(sequences, 2**15 // chunk))
+  rng = np.random.default_rng(seed)
+  hits = total = 0.0
+  for _ in range(-(-sequences // rows)):
+    tokens, weights = task(rng, rows, length, case["pairs"], case["vocab"])
+    cache = model.init_cache(rows, length)
+    for start in range(0, length, chunk):
+      window = slice(start, start + chunk)
+      found, cache = chunk_hits(params, cache, tokens[:, :-1][:, window], tokens[:, 1:][:, window], weights[:, window])
+      hits += float(found)
+    total += float(weights.sum())
+  return hits / total
+
+
+def case_config(case: dict):
+  """The run's config: the case's model at its length, vocabulary and learning rate."""
   from wavefield_jax.config import base_config
-  from wavefield_jax.train_lib import init_state, make_train_step
 
   config = base_config()
-  mixers, heads = model_shape(case["model"])
-  config.model.update(dict(dim=DIM, num_layers=2, num_heads=heads, mlp_dim=128, max_len=case["length"]))
+  mixers, dim, heads = model_shape(case["model"])
+  config.model.update(dict(dim=dim, num_layers=2, num_heads=heads, mlp_dim=2 * dim, max_len=case["length"]))
+  # The byte model's 256 tokens at least, so the rows of the small-vocabulary tasks compare with the others.
+  config.model.vocab_size = max(256, case["vocab"])
   config.model.mixers = mixers
   config.model.window = WINDOW
   rate = case["learning_rate"]
   config.train.update(dict(steps=case["steps"], warmup_steps=100, learning_rate=rate, wave_learning_rate=rate))
+  return config
+
+
+def measure(case: dict) -> dict:
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from wavefield_jax.train_lib import init_state, make_train_step
+
+  config = case_config(case)
   graphdef, state, optimizer = init_state(config, seed=0)
   step = make_train_step(graphdef, optimizer, skip_nonfinite=False)
   task = TASKS[case["task"]]
   batch_size = max(1, case["tokens_per_step"] // case["length"])
   rng = np.random.default_rng(1)
+  losses, loss_curve = [], []
   started = time.perf_counter()
-  for _ in range(case["steps"]):
+  for index in range(case["steps"]):
     tokens, weights = task(rng, batch_size, case["length"], case["pairs"], case["vocab"])
     state, metrics = step(state, jnp.asarray(tokens), jnp.asarray(weights))
-  loss = float(metrics["loss"])
+    losses.append(metrics["loss"])
+    if (index + 1) % max(1, case["steps"] // 20) == 0:  # 20 points of the curve, each a mean
+      loss_curve.append([index + 1, float(np.mean(jnp.stack(losses)))])
+      losses = []
   train_seconds = time.perf_counter() - started
-
-  @jax.jit
-  def correct(params, tokens, weights):
-    logits = nnx.merge(graphdef, params)(tokens[:, :-1])
-    return ((jnp.argmax(logits, -1) == tokens[:, 1:]) * weights).sum(), weights.sum()
-
-  test_rng = np.random.default_rng(12345)
-  hits = total = 0.0
-  for _ in range(512 // batch_size + (512 % batch_size > 0)):
-    tokens, weights = task(test_rng, batch_size, case["length"], case["pairs"], case["vocab"])
-    h, t = correct(state["params"], jnp.asarray(tokens), jnp.asarray(weights))
-    hits, total = hits + float(h), total + float(t)
-  return {"accuracy": hits / total, "final_train_loss": loss, "train_seconds": train_seconds}
+  model = nnx.merge(graphdef, state["params"])
+  accuracy = {}
+  for length in dict.fromkeys([case["length"], *case.get("eval_lengths", [])]):
+    if has_full_attention(case["model"]) and length > ATTENTION_MAX_LEN:
+      accuracy[str(length)] = OUT_OF_MEMORY
+    else:
+      accuracy[str(length)] = accuracy_at(model, case, length, seed=12345)
+  return {
+    "accuracy": accuracy[str(case["length"])],
+    "accuracy_at": accuracy,
+    "state_floats": state_floats(model, case["length"]),
+    "final_train_loss": loss_curve[-1][1] if loss_curve else float(metrics["loss"]),
+    "loss_curve": loss_curve,
+    "train_seconds": train_seconds,
+  }
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--cases", default="mqar:32:2:16@2000,mqar:64:4:16@2000,induction:64,induction:256")
-  parser.add_argument("--models", default=DEFAULT_MODELS, help=f"any of {','.join(MIXERS)}, with an optional _h<H>")
+  parser.add_argument("--cases", default="induction_heads:256@15000")
+  parser.add_argument(
+    "--models", default=DEFAULT_MODELS, help=f"any of {','.join(MIXERS)}, with an optional _d<D> and _h<H>"
+  )
   parser.add_argument("--learning-rates", default=str(FIRST_LEARNING_RATE), help="each model's best of these counts")
   parser.add_argument("--steps", type=int, default=800, help="training steps of a case without its own @<steps>")
-  parser.add_argument("--tokens-per-step", type=int, default=4096)
+  parser.add_argument("--tokens-per-step", type=int, default=2048, help="Mamba's induction heads: 8 x 256")
+  parser.add_argument(
+    "--eval-lengths", default="", help="lengths to score besides the training length, e.g. 4096,65536,1048576"
+  )
   args = parser.parse_args()
-  specs = [parse_case(spec, args.steps) for spec in args.cases.split(",")]
-  models = args.models.split(",")
-  for model in models:
-    try:
+  try:
+    specs = [parse_case(spec, args.steps) for spec in args.cases.split(",")]
+    for model in args.models.split(","):
       model_shape(model)
-    except ValueError as error:
-      parser.error(str(error))
+    eval_lengths = [int(n) for n in args.eval_lengths.split(",") if n]
+  except ValueError as error:
+    parser.error(str(error))
   rates = [float(r) for r in args.learning_rates.split(",")]
   # Cases already measured with the same budget are kept from the last results: a run cut short (or one
   # case that failed) is finished by starting the script again.
   path = common.RESULTS / "recall.json"
   previous = json.loads(path.read_text())["rows"] if path.exists() else []
-  previous = [{"learning_rate": FIRST_LEARNING_RATE} | r for r in previous]
-  done = {key(r): r for r in previous if "accuracy" in r and all(k in r for k in CASE_KEYS)}
+  done = {key(r): r for r in previous if "accuracy" in r}
   cases = [
-    spec | {"model": model, "tokens_per_step": args.tokens_per_step, "learning_rate": rate}
+    spec
+    | {"model": model, "tokens_per_step": args.tokens_per_step, "learning_rate": rate, "eval_lengths": eval_lengths}
     for spec in specs
-    for model in models
+    for model in args.models.split(",")
     for rate in rates
   ]
   # Every row measured so far is kept, so that runs with other cases or models add to one table.
@@ -202,34 +357,34 @@ def main() -> None:
   for case in cases:
     if key(case) in done:
       continue
-    rows.append(common.run_case(MODULE, case, timeout=3600))
+    rows.append(common.run_case(MODULE, case, timeout=4 * 3600))
     done[key(case)] = rows[-1]
     print(rows[-1], flush=True)
-    write(rows, args.tokens_per_step)
-  write(rows, args.tokens_per_step)
+    write(rows)
+  write(rows)
 
 
 def key(case: dict) -> str:
   return json.dumps({k: case[k] for k in CASE_KEYS})
 
 
-SPEC_KEYS = ("task", "length", "pairs", "vocab", "steps")
+SPEC_KEYS = ("task", "length", "pairs", "vocab", "steps", "tokens_per_step")
 
 
 def case_name(spec: dict) -> str:
-  what = {"mqar": "pairs", "copy": "tokens to copy"}.get(spec["task"])
+  what = {"mqar": "pairs", "zoology": "pairs", "copy": "tokens to copy"}.get(spec["task"])
   return (
     f"{spec['task']} L={spec['length']}"
     + (f", {spec['pairs']} {what}" if what else "")
-    + (f", vocabulary {spec['vocab']}" if spec["vocab"] != 256 else "")
+    + (f", vocabulary {spec['vocab']}" if spec["vocab"] != DEFAULT_VOCAB.get(spec["task"], 256) else "")
   )
 
 
-def best_rows(rows: list[dict], tokens_per_step: int) -> dict[tuple, dict]:
-  """(case, model) -> the row of the learning rate that scored best."""
+def best_rows(rows: list[dict]) -> dict[tuple, dict]:
+  """(case, model) -> the row of the learning rate that scored best at the training length."""
   best = {}
   for row in rows:
-    if row.get("tokens_per_step") != tokens_per_step or "accuracy" not in row:
+    if "accuracy" not in row:
       continue
     slot = (tuple(row[k] for k in SPEC_KEYS), row["model"])
     if slot not in best or row["accuracy"] > best[slot]["accuracy"]:
@@ -237,41 +392,78 @@ def best_rows(rows: list[dict], tokens_per_step: int) -> dict[tuple, dict]:
   return best
 
 
-def write(rows: list[dict], tokens_per_step: int) -> None:
+def percent(value: float | str) -> str:
+  return f"{100 * value:.1f}%" if isinstance(value, float) else value
+
+
+def model_order(model: str) -> tuple:
+  """The table's order of mixers, each name's widths and head counts together."""
+  return list(MIXERS).index(MODEL_NAME.fullmatch(model)["mixers"]), model_shape(model)[1:], model
+
+
+def write(rows: list[dict]) -> None:
   plt = plots.pyplot()
 
-  best = best_rows(rows, tokens_per_step)
+  best = best_rows(rows)
   specs = list(dict.fromkeys(spec for spec, _ in best))
-  # Columns in the table's order of mixers, each name's head counts together.
-  models = sorted(
-    {model for _, model in best}, key=lambda m: (list(MIXERS).index(MODEL_NAME.fullmatch(m)["mixers"]), m)
-  )
+  models = sorted({model for _, model in best}, key=model_order)
   names = [case_name(dict(zip(SPEC_KEYS, spec, strict=True))) for spec in specs]
 
   def cell(spec: tuple, model: str) -> str:
     row = best.get((spec, model))
-    return f"{100 * row['accuracy']:.1f}% ({row['learning_rate']:g})" if row else "-"
+    return f"{percent(row['accuracy'])} ({row['learning_rate']:g})" if row else "-"
 
   table_rows = [
-    [name, f"{spec[-1]:,}", *(cell(spec, m) for m in models)] for name, spec in zip(names, specs, strict=True)
+    [name, f"{spec[-2]:,} x {spec[-1]:,}", *(cell(spec, m) for m in models)]
+    for name, spec in zip(names, specs, strict=True)
   ]
-  table = markdown_table(table_rows, ["case", "steps", *models])
+  table = markdown_table(table_rows, ["case", "steps x tokens", *models])
   table += (
-    f"\n\nAnswer accuracy at the best learning rate tried (in brackets). 2 layers, D=64, steps of "
-    f"{tokens_per_step:,} tokens, loss on answers only; 512 unseen sequences; *_local: the named mixer, then "
-    f"sliding-window attention of {WINDOW} positions; selective_retention: selective, then retention; "
-    f"_h<H>: H heads per mixer ({HEADS} otherwise)."
+    "\n\nAnswer accuracy at the training length, at the best learning rate tried (in brackets). 2 layers, D=64"
+    " unless _d<D> says otherwise, loss on answers only; 512 unseen sequences; *_local: the named mixer, then"
+    f" sliding-window attention of {WINDOW} positions; selective_retention: selective, then retention;"
+    f" _h<H>: H heads per mixer ({HEADS} otherwise). copy_sequence asks the state to hold L/2 arbitrary tokens:"
+    " a bounded state cannot, attention can by looking back (Jelassi et al. 2024), so that row measures"
+    " attention, not the wave mixers."
   )
-  common.write_results("recall", {"machine": common.machine(), "tokens_per_step": tokens_per_step, "rows": rows}, table)
-  fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(specs) * max(1, len(models) / 4)), 3.8))
+  long_rows = [(spec, model, row) for (spec, model), row in best.items() if len(row.get("accuracy_at", {})) > 1]
+  if long_rows:
+    lengths = sorted({int(n) for _, _, row in long_rows for n in row["accuracy_at"]})
+    table += "\n\n" + markdown_table(
+      [
+        [case_name(dict(zip(SPEC_KEYS, spec, strict=True))), model, f"{row['state_floats']:,}"]
+        + [percent(row["accuracy_at"].get(str(n), "-")) for n in lengths]
+        for spec, model, row in sorted(long_rows, key=lambda r: (r[0], model_order(r[1])))
+      ],
+      ["case", "model", "state floats", *(f"L={n:,}" for n in lengths)],
+    )
+    table += (
+      "\n\nTrained at the first length, scored at each: "
+      + ", ".join(f"{score_sequences(n)} sequences at {n:,}" for n in lengths)
+      + ". State floats: what the model holds per sequence to decode, all layers (attention's KV cache at the"
+      f" training length; it grows with the length). Full attention past {ATTENTION_MAX_LEN:,} positions is"
+      " out of memory: its L x L scores per head pass 4 GiB."
+    )
+  common.write_results("recall", {"machine": common.machine(), "rows": rows}, table)
+  fig, (bars, front) = plt.subplots(1, 2, figsize=(max(10, 1.2 * len(specs) * max(1, len(models) / 4)), 4.2))
   width = 0.8 / len(models)
   for i, model in enumerate(models):
     values = [100 * best[(spec, model)]["accuracy"] if (spec, model) in best else 0.0 for spec in specs]
-    ax.bar(np.arange(len(specs)) + i * width, values, width, color=f"C{i}", label=model)
-  ax.set_xticks(np.arange(len(specs)) + width * (len(models) - 1) / 2, names, fontsize=7)
-  ax.set_ylabel("answer accuracy (%)")
-  ax.set_ylim(0, 100)
-  ax.legend(fontsize=7, ncol=2)
+    bars.bar(np.arange(len(specs)) + i * width, values, width, color=f"C{i % 10}", label=model)
+  bars.set_xticks(np.arange(len(specs)) + width * (len(models) - 1) / 2, names, fontsize=6, rotation=20)
+  bars.set_ylabel("answer accuracy at the training length (%)")
+  bars.set_ylim(0, 100)
+  bars.legend(fontsize=6, ncol=2)
+  # Based's picture: accuracy against the state kept per sequence, one marker per task.
+  for marker, spec in zip("osD^v<>px*", specs, strict=False):
+    for i, model in enumerate(models):
+      row = best.get((spec, model))
+      if row and "state_floats" in row:
+        front.scatter(row["state_floats"], 100 * row["accuracy"], color=f"C{i % 10}", marker=marker, s=24)
+  front.set_xscale("log")
+  front.set_xlabel("state per sequence (floats, all layers; colours as left)")
+  front.set_ylabel("answer accuracy (%)")
+  front.set_ylim(0, 100)
   plots.save(fig, common.RESULTS / "recall.png", dpi=120)
 
 

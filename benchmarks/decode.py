@@ -7,7 +7,11 @@ last 64 whatever the context; the wave model's state is [B, H, K] complex per la
 `context`), then one jitted decode step is timed: what every generated token costs once the context is
 that long.
 
-  python -m benchmarks.decode [--contexts 1024,8192,65536] [--repeats 30]
+With --generation it times whole generations instead (prompt of 64 tokens, 256 new, batch 1, greedy):
+`generate`, one compiled loop for every token, against the same decode step called once per token from
+Python, for each model; written to decode_generation.{json,md}.
+
+  python -m benchmarks.decode [--contexts 1024,8192,65536] [--repeats 30] [--generation]
 """
 
 from __future__ import annotations
@@ -31,7 +35,45 @@ MODELS = {
 COLOURS = {"wave": "tab:blue", "transformer": "tab:red", "hybrid_local64": "tab:green"}
 
 
+GENERATION_PROMPT = 64
+GENERATION_TOKENS = 256
+
+
+def measure_generation(case: dict) -> dict:
+  """Tokens per second of a whole generation: the compiled loop and the per-token Python loop."""
+  from flax import nnx
+
+  from wavefield_jax.config import model_config
+  from wavefield_jax.generate import generate, make_decoder
+  from wavefield_jax.model import WaveFieldLM
+
+  model = WaveFieldLM(model_config(mixers=MODELS[case["model"]], window=64), rngs=nnx.Rngs(0))
+  prompt = jnp.asarray(np.random.default_rng(0).integers(0, 256, (1, GENERATION_PROMPT)), jnp.int32)
+  prefill, step = make_decoder(model)
+
+  def python_loop():
+    cache = model.init_cache(1, GENERATION_PROMPT + GENERATION_TOKENS)
+    logits, cache = prefill(prompt, cache)
+    token = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)
+    for _ in range(GENERATION_TOKENS - 1):
+      logits, cache = step(token, cache)
+      token = jnp.argmax(logits, -1).astype(jnp.int32)
+    token.block_until_ready()
+
+  def compiled():
+    generate(model, prompt, GENERATION_TOKENS, temperature=0.0, rng=jax.random.key(0)).block_until_ready()
+
+  looped = common.time_call(python_loop, repeats=case["repeats"])
+  whole = common.time_call(compiled, repeats=case["repeats"])
+  return {
+    "python_loop_tokens_per_s": GENERATION_TOKENS / looped["median_s"],
+    "generate_tokens_per_s": GENERATION_TOKENS / whole["median_s"],
+  }
+
+
 def measure(case: dict) -> dict:
+  if case.get("kind") == "generation":
+    return measure_generation(case)
   from flax import nnx
 
   from wavefield_jax.config import model_config
@@ -77,7 +119,12 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--contexts", default="1024,8192,65536")
   parser.add_argument("--repeats", type=int, default=30)
+  parser.add_argument("--generation", action="store_true", help="time whole generations instead")
   args = parser.parse_args()
+  if args.generation:
+    rows = [common.run_case(MODULE, {"kind": "generation", "model": m, "repeats": 5}) for m in MODELS]
+    write_generation(rows)
+    return
   contexts = [int(c) for c in args.contexts.split(",")]
   rows = []
   for context in contexts:
@@ -86,6 +133,27 @@ def main() -> None:
       print(result, flush=True)
       rows.append(result)
   write(rows, contexts)
+
+
+def write_generation(rows: list[dict]) -> None:
+  table = markdown_table(
+    [
+      [
+        r["model"],
+        f"{r['python_loop_tokens_per_s']:.0f}",
+        f"{r['generate_tokens_per_s']:.0f}",
+        f"{r['generate_tokens_per_s'] / r['python_loop_tokens_per_s']:.2f}x",
+      ]
+      for r in rows
+    ],
+    ["model", "per-token Python loop tokens/s", "generate tokens/s", "generate / loop"],
+  )
+  table += (
+    f"\n\nWhole generations: a prompt of {GENERATION_PROMPT} tokens and {GENERATION_TOKENS} new ones, batch 1,"
+    " greedy, default model size, median of 5 after 2 warm-up calls (compilation excluded). The loop calls the"
+    " jitted decode step once per token; `generate` draws every token inside one compiled `lax.while_loop`."
+  )
+  common.write_results("decode_generation", {"machine": common.machine(), "rows": rows}, table)
 
 
 def write(rows: list[dict], contexts: list[int]) -> None:

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from wavefield_jax.config import model_config
-from wavefield_jax.generate import generate, sample_logits
+from wavefield_jax.generate import TRACE_COUNT, generate, sample_logits
 from wavefield_jax.model import WaveFieldLM
 
 
@@ -36,6 +36,45 @@ def test_greedy_generation_follows_the_parallel_argmax(rng, model):
   tokens = generate(model, prompt, 8, temperature=0.0, rng=jax.random.key(0))
   logits = model(tokens[:, :-1])  # the parallel forward over what was generated
   np.testing.assert_array_equal(tokens[:, 5:], np.argmax(logits[:, 4:], axis=-1))
+
+
+@pytest.mark.slow
+def test_a_second_call_with_the_same_shapes_traces_nothing(rng, model):
+  prompt = jnp.asarray(rng.integers(0, 50, (2, 9)))
+  generate(model, prompt, 6, rng=jax.random.key(1))
+  traces = dict(TRACE_COUNT)
+  # Another model object of the same structure, other weights, another prompt of a length in the same bucket.
+  other = WaveFieldLM(model.config, rngs=nnx.Rngs(3))
+  generate(other, jnp.asarray(rng.integers(0, 50, (2, 11))), 6, rng=jax.random.key(2))
+  assert traces == TRACE_COUNT
+
+
+@pytest.mark.slow
+def test_long_and_ragged_prompts_follow_the_parallel_argmax(rng, model):
+  """Prompts past one prefill chunk, and rows of other lengths in one batch (right-padded), continue as the
+  parallel forward over each row alone says."""
+  lengths = [150, 70, 129]
+  prompt = rng.integers(0, 50, (3, 150))
+  tokens = generate(model, prompt, 5, temperature=0.0, rng=jax.random.key(0), prompt_lengths=jnp.asarray(lengths))
+  for row, length in enumerate(lengths):
+    alone = np.concatenate([prompt[row, :length], np.asarray(tokens[row, 150:])])[None]
+    logits = model(jnp.asarray(alone[:, :-1]))
+    np.testing.assert_array_equal(alone[0, length:], np.argmax(logits[0, length - 1 :], axis=-1))
+
+
+@pytest.mark.slow
+def test_a_row_stops_at_its_stop_token(rng, model):
+  prompt = jnp.asarray(rng.integers(0, 50, (2, 6)))
+  free = np.asarray(generate(model, prompt, 8, temperature=0.0, rng=jax.random.key(0)))
+  stop = int(free[0, 6 + 2])  # row 0's third new token
+  stopped = np.asarray(generate(model, prompt, 8, temperature=0.0, rng=jax.random.key(0), stop_tokens=(stop,)))
+  for row in range(2):
+    first = 6 + int(np.flatnonzero(free[row, 6:] == stop)[0]) if stop in free[row, 6:] else None
+    if first is None:
+      np.testing.assert_array_equal(stopped[row], free[row])
+    else:  # the same tokens up to the stop, then the stop repeated
+      np.testing.assert_array_equal(stopped[row, : first + 1], free[row, : first + 1])
+      assert np.all(stopped[row, first:] == stop)
 
 
 def test_top_k_only_draws_from_the_k_most_likely(rng):

@@ -78,6 +78,101 @@ def make_decoder(model: WaveFieldLM) -> tuple[Callable, Callable]:
   return functools.partial(prefill, state), functools.partial(step, state)
 
 
+# Prompts are prefilled in chunks of this many tokens, one compiled program for any prompt length; the last
+# 1..PREFILL_CHUNK prompt tokens run through the decode loop, which then samples.
+PREFILL_CHUNK = 64
+# Incremented each time the decode loop is traced: a second call with the same shapes must leave it alone.
+TRACE_COUNT = {"decode": 0, "prefill": 0}
+
+
+class Structure:
+  """A model's GraphDef as a static argument of jit. A GraphDef holding the model's ConfigDict does not hash;
+  two with the same repr describe the same modules, so one compiled program serves both."""
+
+  def __init__(self, graphdef: nnx.GraphDef):
+    self.graphdef, self._key = graphdef, repr(graphdef)
+
+  def __hash__(self) -> int:
+    return hash(self._key)
+
+  def __eq__(self, other: object) -> bool:
+    return isinstance(other, Structure) and self._key == other._key
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _prefill_chunk(structure: Structure, state: nnx.State, cache: list, tokens: jax.Array) -> list:
+  TRACE_COUNT["prefill"] += 1
+  return nnx.merge(structure.graphdef, state).prefill(tokens, cache)[1]
+
+
+@functools.partial(
+  jax.jit,
+  static_argnames=("structure", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens"),
+)
+def _decode(
+  structure: Structure,
+  state: nnx.State,
+  cache: list,
+  tail: jax.Array,
+  tail_lengths: jax.Array,
+  rng: jax.Array,
+  *,
+  max_new_tokens: int,
+  temperature: float,
+  top_k: int | None,
+  top_p: float | None,
+  stop_tokens: tuple[int, ...],
+) -> jax.Array:
+  """One loop over the prompts' last tokens and the new ones: tail [B, C] holds tail_lengths [B] (1..C)
+  prompt tokens per row, fed one per step; each row then feeds back what it samples, until it has drawn
+  `max_new_tokens` or a stop token. Returns the new tokens [B, N], a stopped row repeating its stop token."""
+  TRACE_COUNT["decode"] += 1
+  model = nnx.merge(structure.graphdef, state)
+  batch = tail.shape[0]
+  stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
+
+  def running(carry):
+    return ~jnp.all(carry["done"])
+
+  def advance(carry):
+    logits, cache = model.step(carry["token"], carry["cache"])  # [B, V]
+    t = carry["t"]
+    sampled = sample_logits(logits, jax.random.fold_in(rng, t), temperature=temperature, top_k=top_k, top_p=top_p)
+    in_prompt = t + 1 < tail_lengths  # the next input is still the prompt's
+    writing = ~in_prompt & ~carry["done"]
+    count = carry["count"]
+    new = jnp.where(writing[:, None] & (jnp.arange(max_new_tokens) == count[:, None]), sampled[:, None], carry["new"])
+    count = count + writing
+    stopped = writing & jnp.isin(sampled, stops)
+    forced = jax.lax.dynamic_index_in_dim(tail, jnp.minimum(t + 1, tail.shape[1] - 1), axis=1, keepdims=False)
+    return {
+      "t": t + 1,
+      "token": jnp.where(in_prompt, forced, sampled),
+      "cache": cache,
+      "new": new,
+      "count": count,
+      "done": carry["done"] | stopped | (count >= max_new_tokens),
+    }
+
+  start = {
+    "t": jnp.zeros((), jnp.int32),
+    "token": tail[:, 0],
+    "cache": cache,
+    "new": jnp.zeros((batch, max_new_tokens), jnp.int32),
+    "count": jnp.zeros((batch,), jnp.int32),
+    "done": jnp.zeros((batch,), bool),
+  }
+  final = jax.lax.while_loop(running, advance, start)
+  last = jnp.take_along_axis(final["new"], jnp.maximum(final["count"] - 1, 0)[:, None], 1)  # [B, 1]
+  return jnp.where(jnp.arange(max_new_tokens) < final["count"][:, None], final["new"], last)
+
+
+def cache_length(positions: int) -> int:
+  """The decode cache's length for `positions` in all: a power of two (at least PREFILL_CHUNK), so attention's
+  KV cache, the one cache whose shape depends on it, takes a few shapes."""
+  return max(PREFILL_CHUNK, 1 << (positions - 1).bit_length())
+
+
 def generate(
   model: WaveFieldLM,
   prompt: jax.Array,
@@ -87,8 +182,13 @@ def generate(
   top_k: int | None = None,
   top_p: float | None = None,
   rng: jax.Array,
+  stop_tokens: tuple[int, ...] = (),
+  prompt_lengths: jax.Array | None = None,
 ) -> jax.Array:
-  """Continues each prompt by `max_new_tokens` sampled tokens.
+  """Continues each prompt by `max_new_tokens` sampled tokens, in one compiled loop.
+
+  Compiled once per model structure, batch, chunk count and sampling settings: a second call with the same
+  shapes traces nothing, and every token is drawn inside one `lax.while_loop`.
 
   Args:
     model: the language model.
@@ -98,9 +198,12 @@ def generate(
     top_k: see `sample_logits`.
     top_p: see `sample_logits`.
     rng: PRNG key; the same key gives the same tokens.
+    stop_tokens: a row that draws one of these stops; its remaining positions repeat that token.
+    prompt_lengths: [B] tokens of each row's prompt (1..P), for right-padded prompts of several lengths;
+      all P when not given.
 
   Returns:
-    [B, P + N] int32: the prompt followed by the sampled tokens.
+    [B, P + N] int32: the prompt followed by the sampled tokens (each row's new tokens at P..P + N - 1).
   """
   prompt = jnp.asarray(prompt, jnp.int32)
   if prompt.ndim != 2 or prompt.shape[1] < 1:
@@ -108,15 +211,33 @@ def generate(
   _check_sampling(max_new_tokens, temperature, top_k, top_p, model.config.vocab_size)
   if max_new_tokens == 0:
     return prompt
-  prefill, step = make_decoder(model)
-  cache = model.init_cache(prompt.shape[0], prompt.shape[1] + max_new_tokens)
-  logits, cache = prefill(prompt, cache)
-  logits = logits[:, -1]
-  sample = jax.jit(functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p))
-  tokens = []
-  for rng_t in jax.random.split(rng, max_new_tokens):
-    token = sample(logits, rng_t)
-    tokens.append(token)
-    if len(tokens) < max_new_tokens:
-      logits, cache = step(token, cache)
-  return jnp.concatenate([prompt, jnp.stack(tokens, axis=1)], axis=1)
+  batch, length = prompt.shape
+  lengths = jnp.full((batch,), length, jnp.int32) if prompt_lengths is None else jnp.asarray(prompt_lengths)
+  if lengths.shape != (batch,) or not bool(jnp.all((lengths >= 1) & (lengths <= length))):
+    raise ValueError(f"prompt_lengths must be [B] = [{batch}] values in 1..{length}; got {prompt_lengths}")
+  # Chunks every row has in full, leaving each at least one token for the loop.
+  chunks = (int(lengths.min()) - 1) // PREFILL_CHUNK
+  prefilled = chunks * PREFILL_CHUNK
+  graphdef, state = nnx.split(model)
+  structure = Structure(graphdef)
+  cache = model.init_cache(batch, cache_length(length + max_new_tokens))
+  for start in range(0, prefilled, PREFILL_CHUNK):
+    cache = _prefill_chunk(structure, state, cache, prompt[:, start : start + PREFILL_CHUNK])
+  # The rest of each prompt, in a buffer of a bucketed width so that prompt lengths share a program.
+  rest = prompt[:, prefilled:]
+  width = cache_length(rest.shape[1])
+  tail = jnp.pad(rest, ((0, 0), (0, width - rest.shape[1])))
+  new = _decode(
+    structure,
+    state,
+    cache,
+    tail,
+    lengths - prefilled,
+    rng,
+    max_new_tokens=max_new_tokens,
+    temperature=float(temperature),
+    top_k=top_k,
+    top_p=top_p,
+    stop_tokens=tuple(int(t) for t in stop_tokens),
+  )
+  return jnp.concatenate([prompt, new], axis=1)

@@ -1,5 +1,6 @@
 """The package as users meet it: a wheel that runs outside a checkout, commands that explain themselves."""
 
+import json
 import subprocess
 import sys
 import sysconfig
@@ -77,6 +78,19 @@ def test_the_wheel_runs_every_command_outside_the_checkout(tmp_path):
   assert "bits/byte" in run("wavefield-evaluate", "--workdir=run", "--text=text.txt")
   assert "ROMEO:" in run("wavefield-sample", "--workdir=run", "--prompt=ROMEO:", "--max_new_tokens=5")
   assert "report.md" in run("wavefield-inspect", "--workdir=run", "--length=16", "--windows=2")
+  # lm-eval offline, on a LAMBADA-format cloze file and a raw WikiText-format file made here.
+  (outside / "cloze.jsonl").write_text("".join(f'{{"text": "To be, or not to {w}"}}\n' for w in ("be", "go", "see")))
+  (outside / "wiki.raw").write_text(" = Hamlet = \n\n To be, or not to be. \n = = Act = = \n That is the question. \n")
+  scored = run(
+    "wavefield-harness",
+    "--workdir=run",
+    "--tasks=lambada_local,wikitext103_local",
+    "--lambada=cloze.jsonl",
+    "--wikitext103=wiki.raw",
+    "--output=lm_eval.json",
+  )
+  assert "lambada_local: " in scored and "word_perplexity" in scored
+  assert set(json.loads((outside / "lm_eval.json").read_text())["results"]) == {"lambada_local", "wikitext103_local"}
   # A shipped config by its checkout path, with an argument, from outside the checkout.
   small = ["--config=configs/small.py:selective", "--config.train.steps=1", "--config.train.sample_tokens=0"]
   assert "step 1" in run("wavefield-train", "--workdir=small", *small, "--config.train.eval_windows=1")

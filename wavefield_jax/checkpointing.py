@@ -27,16 +27,13 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from wavefield_jax.config import base_config
+from wavefield_jax.errors import CheckpointError
 from wavefield_jax.model import WaveFieldLM
 
 MANIFESTS = "manifests"
 # How tensorstore reports unreadable files (an absl status code, or a failed read or open); anything
 # else orbax raises as ValueError, KeyError or TypeError is a mismatch of shapes or tree structure.
 _READ_FAILURE = re.compile(r"^[A-Z_]{5,}: |Error (reading|opening|decoding)|Unexpected end|corrupt", re.IGNORECASE)
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be restored into this run; nothing on disk was changed."""
 
 
 class DamagedCheckpointError(CheckpointError):

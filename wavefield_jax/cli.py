@@ -14,6 +14,7 @@ from collections.abc import Callable
 from absl import app, flags, logging
 
 from wavefield_jax.config import base_config, config_file
+from wavefield_jax.errors import CheckpointError, DataError
 
 # --help lists the command's own flags; absl's, orbax's and grain's are accepted but not listed.
 HELP = ("--help", "-h", "--helpshort", "-?")
@@ -112,13 +113,10 @@ def run(
   with_config: bool = False,
 ) -> None:
   """Parses the command line and calls body(FLAGS) with warnings-only logging (orbax logs every save at
-  INFO); a bad checkpoint, corpus or value, or one of `errors`, exits with `error: <message>`.
+  INFO); a bad checkpoint, corpus or value, or one of `errors`, exits with `error: <message>` and status 2.
 
   --help prints `doc`, the flags and (with_config) every config key; an unknown flag or config key exits
   with status 2 and one line naming it and the nearest valid name."""
-  from wavefield_jax.checkpointing import CheckpointError
-  from wavefield_jax.sources import DataError
-
   argv = with_shipped_configs(sys.argv)
   if any(arg in HELP for arg in argv[1:]):
     print(command_help(doc, with_config))
@@ -134,7 +132,8 @@ def run(
     try:
       body(flags.FLAGS)
     except (CheckpointError, DataError, ValueError, *errors) as error:
-      sys.exit(f"error: {error}")
+      print(f"error: {error}", file=sys.stderr)
+      sys.exit(2)
 
   try:
     app.run(main, argv=argv)

@@ -1,42 +1,17 @@
 """Score the latest checkpoint of a workdir on text files it never saw: loss per token and bits per byte.
 
-  python -m wavefield_jax.evaluate --workdir runs/default --text a.txt [--text b.txt ...] [--json]
+  python -m wavefield_jax.evaluate --workdir runs/default --text a.txt [--text b.txt ...] [--context N|document]
 
-Each file is read as bytes, tokenized with the run's tokenizer and streamed through the model in
-windows of the training length (every target scored once; the first tokens of each window see less
-context, as in validation during training).
+Each file is read as bytes and tokenized with the run's tokenizer. By default it is streamed through the model
+in windows of the training length (every target scored once; the first tokens of each window see less
+context, as in validation during training); --context N uses windows of N tokens instead. --context document
+reads each file as one sequence, every token given all that came before: a model of the wave family carries
+its state chunk by chunk, in memory flat in the file's length; a model with attention is refused.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
-
-def score_files(workdir: str | Path, paths: list[str], step: int | None = None, batch_size: int = 8) -> dict:
-  """{"step": int, "files": [{"path", "loss", "bpb", "tokens", "bytes"}, ...]} for each text file."""
-  import jax.numpy as jnp
-
-  from wavefield_jax import input_pipeline, sources, tokenizers
-  from wavefield_jax.checkpointing import load_trained
-  from wavefield_jax.train_lib import evaluate, make_eval_step
-
-  graphdef, params, config, step = load_trained(workdir, step)
-  tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
-  eval_step = make_eval_step(graphdef)
-  token_bytes = jnp.asarray(tokenizer.token_bytes)
-  results = []
-  for path in paths:
-    try:
-      raw = Path(path).read_bytes()
-    except OSError as error:
-      raise sources.DataError(f"cannot read {path}: {error.strerror}") from error
-    tokens = tokenizer.encode(raw)
-    if tokens.size < 2:
-      raise sources.DataError(f"{path} has {tokens.size} token(s); at least 2 are needed to score it")
-    windows, weights = input_pipeline.eval_windows(tokens, config.data.seq_len)
-    results.append({"path": str(path)} | evaluate(eval_step, params, windows, weights, token_bytes, batch_size))
-  return {"step": step, "files": results}
 
 
 def main() -> None:
@@ -49,17 +24,27 @@ def main() -> None:
   flags.DEFINE_multi_string("text", None, "A text file to score; repeat for several.", required=True)
   flags.DEFINE_bool("json", False, "Print one JSON object with every result instead of lines.")
   flags.DEFINE_integer("batch_size", 8, "Windows per evaluation batch.")
+  flags.DEFINE_string("context", None, "Tokens per window (default: the training length), or 'document'.")
 
   def body(f) -> None:
-    scores = score_files(f.workdir, f.text, f.step, f.batch_size)
+    from wavefield_jax.scoring import score_files
+
+    context = f.context if f.context in (None, "document") else _tokens(f.context)
+    scores = score_files(f.workdir, f.text, f.step, f.batch_size, context)
     if f.json:
       print(json.dumps(scores, indent=1))
       return
     for r in scores["files"]:
-      counts = f"{r['tokens']:,} tokens, {r['bytes']:,} bytes, step {scores['step']}"
+      counts = f"{r['tokens']:,} tokens, {r['bytes']:,} bytes, step {scores['step']}, context {scores['context']}"
       print(f"{r['path']}: {r['loss']:.4f} nats/token, {r['bpb']:.4f} bits/byte ({counts})")
 
   cli.run(body, doc=__doc__)
+
+
+def _tokens(value: str) -> int:
+  if not value.isdigit() or int(value) < 1:
+    raise ValueError(f"--context must be a positive number of tokens or 'document'; got {value!r}")
+  return int(value)
 
 
 if __name__ == "__main__":

@@ -167,8 +167,8 @@ def _decode(
   return jnp.where(jnp.arange(max_new_tokens) < final["count"][:, None], final["new"], last)
 
 
-def cache_length(positions: int) -> int:
-  """The decode cache's length for `positions` in all: a power of two (at least PREFILL_CHUNK), so attention's
+def bucket_length(positions: int) -> int:
+  """A padded length for `positions`: a power of two, at least PREFILL_CHUNK, so that attention's
   KV cache, the one cache whose shape depends on it, takes a few shapes."""
   return max(PREFILL_CHUNK, 1 << (positions - 1).bit_length())
 
@@ -220,12 +220,12 @@ def generate(
   prefilled = chunks * PREFILL_CHUNK
   graphdef, state = nnx.split(model)
   structure = Structure(graphdef)
-  cache = model.init_cache(batch, cache_length(length + max_new_tokens))
+  cache = model.init_cache(batch, bucket_length(length + max_new_tokens))
   for start in range(0, prefilled, PREFILL_CHUNK):
     cache = _prefill_chunk(structure, state, cache, prompt[:, start : start + PREFILL_CHUNK])
   # The rest of each prompt, in a buffer of a bucketed width so that prompt lengths share a program.
   rest = prompt[:, prefilled:]
-  width = cache_length(rest.shape[1])
+  width = bucket_length(rest.shape[1])
   tail = jnp.pad(rest, ((0, 0), (0, width - rest.shape[1])))
   new = _decode(
     structure,

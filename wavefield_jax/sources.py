@@ -22,16 +22,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from wavefield_jax.config import SOURCES, shipped_file
+from wavefield_jax.errors import DataError
 
 CORPUS = shipped_file("data", "shakespeare.txt.xz")
 MANIFEST = shipped_file("data", "shakespeare.json")
 SPLITS = ("train", "validation", "test")
 # Whole plays held out from training (about 4.5% and 4% of the corpus).
 SHAKESPEARE_HELD_OUT = {"validation": ("julius_caesar", "twelfth_night"), "test": ("macbeth", "tempest")}
-
-
-class DataError(ValueError):
-  """A corpus, split or tokenizer problem, with a message that says what to fix."""
 
 
 def shakespeare_documents(corpus: Path = CORPUS, manifest: Path = MANIFEST) -> dict[str, list[bytes]]:

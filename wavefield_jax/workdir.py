@@ -17,13 +17,10 @@ import jax
 import ml_collections
 from flax import traverse_util
 
-from wavefield_jax.checkpointing import CheckpointError, write_text_atomic
+from wavefield_jax.checkpointing import write_text_atomic
+from wavefield_jax.errors import CheckpointError, TrainingError
 
 State = dict[str, Any]
-
-
-class TrainingError(RuntimeError):
-  """A run that cannot go on (non-finite loss, unusable workdir); the last good checkpoint is kept."""
 
 
 def config_record(config: ml_collections.ConfigDict) -> dict:

@@ -31,26 +31,27 @@ def median_ms(fn, x) -> float:
 def matmul_pieces(u: jax.Array, c: jax.Array, g: jax.Array, p: jax.Array, chunk_size: int = 32) -> dict[str, float]:
   """Median ms of the matmul method and of each of its pieces, forward and forward + backward."""
   from wavefield_jax import physics
+  from wavefield_jax.physics import _common
 
   batch, length, heads, channels = u.shape
   x = u.reshape(batch, length // chunk_size, chunk_size, heads, channels)  # [B, C, T, H, K]
-  local_states = physics._chunk_states(x, c, g)  # [B, C, H, K]
+  local_states = _common.chunk_end_states(x, c, g)  # [B, C, H, K]
   initial = jnp.zeros_like(local_states[:, 0])
-  entering = physics._entering_states(local_states, c, g, chunk_size, initial)
-  response = physics._response(c, g, p, chunk_size)  # [H, T]
+  entering = _common.entering_states(local_states, c, g, chunk_size, initial)
+  response = _common.carried_response(c, g, p, chunk_size)  # [H, T]
   pieces = {
     "matmul method": (lambda x: physics.wave_conv(x, c, g, p, method="matmul", chunk_size=chunk_size), u),
     "memory floor (u * 2)": (lambda x: x * 2, u),
     "piece: in-chunk Toeplitz matmul": (
-      lambda x: physics._local_conv(x, c, g, p, "matmul", jnp.float32),
+      lambda x: physics.wave._local_conv(x, c, g, p, "matmul", jnp.float32),
       x,
     ),
-    "piece: chunk end states": (lambda x: physics._chunk_states(x, c, g), x),
+    "piece: chunk end states": (lambda x: _common.chunk_end_states(x, c, g), x),
     "piece: states entering chunks (grouped scan)": (
-      lambda z: physics._entering_states(z, c, g, chunk_size, initial),
+      lambda z: _common.entering_states(z, c, g, chunk_size, initial),
       local_states,
     ),
-    "piece: read-out of the entering states": (lambda s: physics._state_readout(response, s), entering),
+    "piece: read-out of the entering states": (lambda s: _common.readout(response, s), entering),
   }
   times = {}
   for name, (fn, arg) in pieces.items():

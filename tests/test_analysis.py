@@ -181,7 +181,7 @@ def test_inspect_writes_the_report_of_a_trained_workdir(tmp_path, rng):
   too_short = tmp_path / "short.txt"
   too_short.write_bytes(b"abc")
   done = subprocess.run([*command, f"--text={too_short}"], capture_output=True, text=True)
-  assert done.returncode == 1 and "needs at least 41" in done.stderr
+  assert done.returncode == 2 and "needs at least 41" in done.stderr
 
 
 def test_clock_steps_and_retention_matches_are_what_the_layers_compute(rng, tmp_path):

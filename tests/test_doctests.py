@@ -6,7 +6,13 @@ import importlib
 import pytest
 
 # The modules whose docstrings carry examples; each must have at least one.
-MODULES = ["wavefield_jax", "wavefield_jax.physics", "wavefield_jax.layers", "wavefield_jax.losses"]
+MODULES = [
+  "wavefield_jax",
+  "wavefield_jax.physics.wave",
+  "wavefield_jax.physics._calls",
+  "wavefield_jax.layers",
+  "wavefield_jax.losses",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

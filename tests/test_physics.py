@@ -162,7 +162,7 @@ def test_causality_check_catches_a_leaky_fft(rng):
   kernel = wf.wave_kernel(speed, damping, phase, 24)
 
   def circular(x):  # FFT length L < 2L - 1: the future wraps into the past
-    return physics._heads_back(physics._causal_fft_conv(physics._heads_last(x), kernel, n=24))
+    return physics.wave._heads_back(physics.wave._causal_fft_conv(physics.wave._heads_last(x), kernel, n=24))
 
   assert future_leak(circular, u) > 1e-2
 

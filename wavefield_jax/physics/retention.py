@@ -1,0 +1,146 @@
+"""The content-addressed wave: the field reads the sources whose keys match the query."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from wavefield_jax.physics._calls import check_constants, check_sources, complex_dtype, one_program
+from wavefield_jax.physics._common import carried_response, entering_states, norm, powers, rotation, state_decay
+from wavefield_jax.physics.wave import check_method, wave_field
+
+# The content-addressed wave (docs/design.md, section 7): the field reads the sources that match,
+#   y_t = sum_{s <= t} k_h(t - s) (q_t . k_s) v_s,
+# with k_h the kernel of the three constants. Since k_h(t - s) = norm Re(exp(i phi) lambda**(t - s)), the
+# sources before a chunk fold into one [K, K] complex state per head: RetNet's chunkwise form on the wave.
+
+RETENTION_CHUNK = 64
+
+
+def _check_retention(q, k, v, speed, damping, phase):
+  speed, damping, phase = check_constants(speed, damping, phase, q, k, v)
+  for name, a in (("q", q), ("k", k), ("v", v)):
+    check_sources(a, speed.shape[0], name)
+  if jnp.shape(k) != jnp.shape(q) or jnp.shape(v)[:3] != jnp.shape(q)[:3]:
+    raise ValueError(
+      f"q and k must have one shape and v the same [B, L, H]; got q {jnp.shape(q)}, k {jnp.shape(k)}, v {jnp.shape(v)}"
+    )
+  return speed, damping, phase
+
+
+def _check_matrix_state(state, q, v, real: jnp.dtype) -> jax.Array:
+  """The [B, H, K, V] complex state carried into a retention call (zeros if None)."""
+  shape = (*q.shape[:1], q.shape[2], q.shape[3], v.shape[3])
+  if state is None:
+    return jnp.zeros(shape, complex_dtype(real))
+  if jnp.shape(state) != shape:
+    raise ValueError(f"initial_state must have shape [B, H, K, V] = {shape}; got {jnp.shape(state)}")
+  return jnp.asarray(state).astype(complex_dtype(real))
+
+
+def _matrix_states(k: jax.Array, v: jax.Array, speed: jax.Array, damping: jax.Array) -> jax.Array:
+  """The state each chunk leaves from zero: sum_s lambda**(T-1-s) k_s v_s^T.
+
+  Args:
+    k: [B, C, T, H, K].
+    v: [B, C, T, H, V].
+
+  Returns:
+    [B, C, H, K, V] complex.
+  """
+  reversed_powers = powers(speed, damping, k.shape[2])[:, ::-1]  # [H, T]: lambda**(T-1-s)
+  parts = jnp.stack([jnp.real(reversed_powers), jnp.imag(reversed_powers)])  # [2, H, T]
+  state = jnp.einsum("rhs,bcshk,bcshv->bcrhkv", parts, k, v, precision=jax.lax.Precision.HIGHEST)
+  return jax.lax.complex(state[:, :, 0], state[:, :, 1])
+
+
+@one_program("chunk_size")
+def retention_chunked(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  speed: jax.Array,
+  damping: jax.Array,
+  phase: jax.Array,
+  chunk_size: int = RETENTION_CHUNK,
+  initial_state: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """The content-addressed wave field by chunks: exact, O(L (T + K) K) time, a [K, V] state per head.
+
+  Args:
+    q: [B, L, H, K] queries and keys.
+    k: [B, L, H, K] queries and keys.
+    v: [B, L, H, V] values (float32 or bfloat16).
+    speed: [H] wave speed, radians per token (> 0).
+    damping: [H] damping, the inverse decay length (> 0).
+    phase: [H] phase, radians.
+    chunk_size: T, positions per chunk; L need not be a multiple of it.
+    initial_state: optional [B, H, K, V] complex state from positions before q.
+
+  Returns:
+    y: [B, L, H, V] in the dtype of v, y[b, t, h] = sum_{s <= t} k_h(t - s) (q_t . k_s) v_s, and the
+    [B, H, K, V] complex state after the last position: sum_s lambda**(L - 1 - s) k_s v_s^T.
+  """
+  speed, damping, phase = _check_retention(q, k, v, speed, damping, phase)
+  chunk_size = check_method("matmul", chunk_size, q.shape[1])[1]
+  batch, length, heads, channels = q.shape
+  num_chunks = -(-length // chunk_size)
+  padded = num_chunks * chunk_size
+
+  def chunks(a):  # [B, L, H, .] -> [B, C, T, H, .], zeros after the end
+    a = jnp.pad(a.astype(speed.dtype), ((0, 0), (0, padded - length), (0, 0), (0, 0)))
+    return a.reshape(batch, num_chunks, chunk_size, heads, a.shape[-1])
+
+  qc, kc, vc = chunks(q), chunks(k), chunks(v)
+  precision = jax.lax.Precision.HIGHEST
+  field = wave_field(speed, damping, phase, chunk_size)  # [H, T, T]
+  scores = jnp.einsum("bcthk,bcshk->bchts", qc, kc, precision=precision) * field  # [B, C, H, T, T]
+  local = jnp.einsum("bchts,bcshv->bcthv", scores, vc, precision=precision)  # [B, C, T, H, V]
+
+  chunk_states = _matrix_states(kc, vc, speed, damping)  # [B, C, H, K, V]
+  initial_state = _check_matrix_state(initial_state, q, v, speed.dtype)
+  flat = chunk_states.reshape(batch, num_chunks, heads, -1)  # [B, C, H, K*V]: one state per (k, v) pair
+  entering = entering_states(flat, speed, damping, chunk_size, initial_state.reshape(batch, heads, -1))
+  entering = entering.reshape(chunk_states.shape)  # [B, C, H, K, V]
+  read = [jnp.einsum("bcthk,bchkv->bcthv", qc, part(entering), precision=precision) for part in (jnp.real, jnp.imag)]
+  response = carried_response(speed, damping, phase, chunk_size).T[:, :, None]  # [T, H, 1]
+  incoming = jnp.real(response) * read[0] - jnp.imag(response) * read[1]  # [B, C, T, H, V]
+  y = (local + incoming).reshape(batch, padded, heads, -1)[:, :length]
+
+  # The state after the real last position, not after the zero padding that follows it.
+  tail = length - (num_chunks - 1) * chunk_size
+  tail_states = _matrix_states(kc[:, -1:, :tail], vc[:, -1:, :tail], speed, damping)[:, 0]  # [B, H, K, V]
+  final_state = state_decay(speed, damping, tail)[None, :, None, None] * entering[:, -1] + tail_states
+  return y.astype(v.dtype), final_state
+
+
+def retention_step(
+  state: jax.Array,
+  q_t: jax.Array,
+  k_t: jax.Array,
+  v_t: jax.Array,
+  speed: jax.Array,
+  damping: jax.Array,
+  phase: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+  """One token of the content-addressed wave: O(K V) per head whatever came before.
+
+  Args:
+    state: [B, H, K, V] complex, sum over earlier s of lambda**(t - 1 - s) k_s v_s^T.
+    q_t: [B, H, K].
+    k_t: [B, H, K].
+    v_t: [B, H, V].
+    speed: [H] wave speed, radians per token (> 0).
+    damping: [H] damping, the inverse decay length (> 0).
+    phase: [H] phase, radians.
+
+  Returns:
+    y_t [B, H, V] float32 = norm Re(exp(i phi) q_t^T state'), and the new [B, H, K, V] complex state'.
+  """
+  speed, damping, phase = _check_retention(q_t[:, None], k_t[:, None], v_t[:, None], speed, damping, phase)
+  decay = state_decay(speed, damping, 1)[None, :, None, None]  # [1, H, 1, 1]
+  outer = k_t.astype(speed.dtype)[..., :, None] * v_t.astype(speed.dtype)[..., None, :]  # [B, H, K, V]
+  state = decay * state + outer
+  read = jnp.einsum("bhk,bhkv->bhv", q_t.astype(state.dtype), state)  # [B, H, V] complex
+  y_t = norm(damping)[None, :, None] * jnp.real(rotation(phase)[None, :, None] * read)
+  return y_t, state

@@ -439,9 +439,9 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, window: int, first
     [B, S, H, K] in the dtype of v.
   """
   batch, length, heads, channels = q.shape
-  blocks = -(-length // window)  # N
-  pad = ((0, 0), (0, blocks * window - length), (0, 0), (0, 0))  # keys after the last query are never seen
-  q, k, v = (jnp.pad(a, pad).reshape(batch, blocks, window, heads, channels) for a in (q, k, v))  # [B, N, W, H, K]
+  # Keys after the last query are never seen.
+  q, k, v = (physics.to_chunks(a, window) for a in (q, k, v))  # [B, N, W, H, K]
+  blocks = q.shape[1]  # N
 
   def with_previous(a):  # [B, N, 2W, H, K]: block n - 1, then block n
     return jnp.concatenate([jnp.pad(a, ((0, 0), (1, 0), (0, 0), (0, 0), (0, 0)))[:, :-1], a], axis=2)
@@ -456,7 +456,7 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, window: int, first
   # A finite fill keeps rows with no visible key (queries of an unfilled cache, discarded) free of NaNs.
   weights = jax.nn.softmax(jnp.where(visible[None, :, None], scores, -1e30), axis=-1)  # [B, N, H, W, 2W]
   out = jnp.einsum("bnhqs,bnshk->bnqhk", weights.astype(values.dtype), values)  # [B, N, W, H, K]
-  return out.reshape(batch, blocks * window, heads, channels)[:, :length]
+  return physics.from_chunks(out, length)
 
 
 class LocalAttention(Attention):

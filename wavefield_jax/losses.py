@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from wavefield_jax import physics
+
 
 def dense_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """Cross entropy in nats [B, L] from logits [B, L, V] and integer targets [B, L]."""
@@ -27,16 +29,14 @@ def dense_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 def _tiles(x: jax.Array, tile: int) -> jax.Array:
   """[B, L, ...] -> [N, B, T, ...], tile j holding positions j, j + N, ...; zeros pad L up to N * T."""
-  batch, length = x.shape[:2]
-  num_tiles = -(-length // tile)  # N
-  x = jnp.pad(x, ((0, 0), (0, num_tiles * tile - length)) + ((0, 0),) * (x.ndim - 2))
-  x = x.reshape(batch, tile, num_tiles, *x.shape[2:])  # position t * N + j at [:, t, j]
-  return jnp.moveaxis(x, 2, 0)
+  num_tiles = -(-x.shape[1] // tile)  # N
+  # Chunks of N positions, T of them: position t * N + j at [:, t, j].
+  return jnp.moveaxis(physics.to_chunks(x, num_tiles, num_chunks=tile), 2, 0)
 
 
 def _untile(x: jax.Array, length: int) -> jax.Array:
   """[N, B, T] -> [B, L], the inverse of `_tiles` without its padding."""
-  return jnp.moveaxis(x, 0, 2).reshape(x.shape[1], -1)[:, :length]
+  return physics.from_chunks(jnp.moveaxis(x, 0, 2), length)
 
 
 def _tile_logits(hidden: jax.Array, embedding: jax.Array) -> jax.Array:

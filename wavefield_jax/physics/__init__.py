@@ -23,7 +23,7 @@ checked) and `_common` (the oscillator, the readout and the chunked form's piece
 """
 
 from wavefield_jax.physics._calls import check_constants, traced_checks
-from wavefield_jax.physics._common import state_decay
+from wavefield_jax.physics._common import from_chunks, state_decay, to_chunks
 from wavefield_jax.physics.retention import RETENTION_CHUNK, retention_chunked, retention_step
 from wavefield_jax.physics.selective import (
   SELECTIVE_CHUNK,
@@ -56,6 +56,7 @@ __all__ = [
   "check_constants",
   "check_method",
   "fft_length",
+  "from_chunks",
   "retention_chunked",
   "retention_step",
   "segment_sum",
@@ -65,6 +66,7 @@ __all__ = [
   "selective_step",
   "state_decay",
   "state_response",
+  "to_chunks",
   "traced_checks",
   "wave_conv",
   "wave_conv_chunked",

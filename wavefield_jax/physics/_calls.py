@@ -33,6 +33,7 @@ def traced_checks():
   Example:
     >>> import jax, jax.numpy as jnp
     >>> from jax.experimental import checkify
+    >>> from wavefield_jax.physics import wave_conv
     >>> f = lambda d: wave_conv(jnp.ones((1, 8, 1, 1)), jnp.array([1.0]), d, jnp.array([0.0]))
     >>> with traced_checks():
     ...   error, _ = jax.jit(checkify.checkify(f))(jnp.array([-0.5]))

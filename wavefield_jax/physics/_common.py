@@ -79,27 +79,30 @@ def carried_response(speed: jax.Array, damping: jax.Array, phase: jax.Array, len
   return norm(damping)[:, None] * powers(speed, damping, length, offset=1) * rotation(phase)[:, None]
 
 
-@jax.custom_jvp
-def _readout_parts(response_re, response_im, state_re, state_im):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _readout_parts(per_chunk: bool, response_re, response_im, state_re, state_im):
   """Re(response * state) = response_re * state_re - response_im * state_im, broadcast to [B, C, T, H, K]
-  from response [H, T] and state [B, C, H, K] (real and imaginary parts given apart)."""
-  return (
-    response_re.T[None, None, :, :, None] * state_re[:, :, None]
-    - response_im.T[None, None, :, :, None] * state_im[:, :, None]
-  )  # [B, C, T, H, K]
+  from state [B, C, H, K] and response [B, C, T, H] (`per_chunk`) or [H, T] (the same for every chunk);
+  real and imaginary parts given apart."""
+
+  def lift(response):  # -> [B or 1, C or 1, T, H, 1]
+    return response[..., None] if per_chunk else response.T[None, None, :, :, None]
+
+  return lift(response_re) * state_re[:, :, None] - lift(response_im) * state_im[:, :, None]
 
 
-def _readout_parts_jvp(primals, tangents):
+def _readout_parts_jvp(per_chunk, primals, tangents):
   # The primal is a broadcast product: one fused pass, cheaper than an einsum over the size-2 (re, im) axis.
   # The tangent is written as outer-product einsums so that its transpose, the gradient, is matmuls
   # rather than the broadcast-and-reduce autodiff would derive from the product. A JVP rule, not a VJP rule,
   # so that forward mode (jax.jvp, jacfwd, hessian through the constants) works too. Symbolic zeros: a
   # tangent that is zero (the constants' when only u is differentiated) costs no pass; JAX calls the rule
-  # only when some tangent is not, so at least one term remains. Minus signs go on the [H, T] factors.
+  # only when some tangent is not, so at least one term remains. Minus signs go on the response factors.
   response_re, response_im, state_re, state_im = primals
   d_response_re, d_response_im, d_state_re, d_state_im = tangents
+  spec = "bcth,bchk->bcthk" if per_chunk else "ht,bchk->bcthk"
   terms = [
-    jnp.einsum("ht,bchk->bcthk", sign * response, state)
+    jnp.einsum(spec, sign * response, state)
     for sign, response, state in (
       (1, d_response_re, state_re),
       (-1, d_response_im, state_im),
@@ -108,15 +111,22 @@ def _readout_parts_jvp(primals, tangents):
     )
     if not (isinstance(response, SymbolicZero) or isinstance(state, SymbolicZero))
   ]
-  return _readout_parts(*primals), functools.reduce(operator.add, terms)
+  return _readout_parts(per_chunk, *primals), functools.reduce(operator.add, terms)
 
 
 _readout_parts.defjvp(_readout_parts_jvp, symbolic_zeros=True)
 
 
 def readout(response: jax.Array, state: jax.Array) -> jax.Array:
-  """Re(response[h, t] * state[b, c, h, k]): [H, T] complex and [B, C, H, K] complex -> [B, C, T, H, K] real."""
-  return _readout_parts(jnp.real(response), jnp.imag(response), jnp.real(state), jnp.imag(state))
+  """Re(response * state[b, c, h, k]) -> [B, C, T, H, K] real, the state read at each position of its chunk.
+
+  Args:
+    response: complex, [H, T] (what a state gives t positions on, the same in every chunk) or [B, C, T, H]
+      (its own in each chunk, as the selective clock makes it).
+    state: [B, C, H, K] complex, the state entering each chunk.
+  """
+  parts = (jnp.real(response), jnp.imag(response), jnp.real(state), jnp.imag(state))
+  return _readout_parts(response.ndim == 4, *parts)
 
 
 def state_decay(speed: jax.Array, damping: jax.Array, steps: int) -> jax.Array:
@@ -154,12 +164,10 @@ def entering_states(
   Returns:
     [B, C, H, K] complex: the state entering each chunk.
   """
-  batch, num_chunks, heads, channels = chunk_states.shape
+  num_chunks = chunk_states.shape[1]
   group = max(1, math.isqrt(num_chunks))  # G
-  num_groups = -(-num_chunks // group)
   # Zero states after the last chunk change nothing before them.
-  z = jnp.pad(chunk_states, ((0, 0), (0, num_groups * group - num_chunks), (0, 0), (0, 0)))
-  z = z.reshape(batch, num_groups, group, heads, channels)  # [B, N, G, H, K]
+  z = to_chunks(chunk_states, group)  # [B, N, G, H, K]
   hops = powers(speed, damping, group * chunk_size + 1)[:, ::chunk_size]  # [H, G + 1]: lambda**(T n)
   # Within a group, from a zero start: row r (0..G) sums lambda**(T (r - 1 - q)) z_q over q < r.
   lag = np.arange(group + 1)[:, None] - 1 - np.arange(group)[None, :]  # [G + 1, G]
@@ -173,6 +181,22 @@ def entering_states(
   _, group_entering = jax.lax.scan(carry, initial_state, jnp.moveaxis(partial[:, :, group], 1, 0))  # [N, B, H, K]
   group_entering = jnp.moveaxis(group_entering, 0, 1)  # [B, N, H, K]
   entering = hops.T[None, None, :group, :, None] * group_entering[:, :, None] + partial[:, :, :group]
-  entering = entering.reshape(batch, num_groups * group, heads, channels)[:, :num_chunks]
+  entering = from_chunks(entering, num_chunks)
   chex.assert_equal_shape([entering, chunk_states])  # checked when traced; free at run time
   return entering
+
+
+def to_chunks(x: jax.Array, size: int, num_chunks: int | None = None) -> jax.Array:
+  """[B, L, ...] -> [B, C, T, ...]: chunks of T = `size` positions, zeros after position L.
+
+  C is ceil(L / T) unless `num_chunks` asks for more. Zeros after the end change nothing before them in
+  any causal computation, so each caller cuts them off again with `from_chunks`."""
+  batch, length = x.shape[:2]
+  num_chunks = max(num_chunks or 0, -(-length // size))
+  x = jnp.pad(x, ((0, 0), (0, num_chunks * size - length)) + ((0, 0),) * (x.ndim - 2))
+  return x.reshape(batch, num_chunks, size, *x.shape[2:])
+
+
+def from_chunks(x: jax.Array, length: int) -> jax.Array:
+  """[B, C, T, ...] -> [B, L, ...], the inverse of `to_chunks` without its padding."""
+  return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :length]

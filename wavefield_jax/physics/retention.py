@@ -6,7 +6,16 @@ import jax
 import jax.numpy as jnp
 
 from wavefield_jax.physics._calls import check_constants, check_sources, complex_dtype, one_program
-from wavefield_jax.physics._common import carried_response, entering_states, norm, powers, rotation, state_decay
+from wavefield_jax.physics._common import (
+  carried_response,
+  entering_states,
+  from_chunks,
+  norm,
+  powers,
+  rotation,
+  state_decay,
+  to_chunks,
+)
 from wavefield_jax.physics.wave import check_method, wave_field
 
 # The content-addressed wave (docs/design.md, section 7): the field reads the sources that match,
@@ -84,14 +93,8 @@ def retention_chunked(
   speed, damping, phase = _check_retention(q, k, v, speed, damping, phase)
   chunk_size = check_method("matmul", chunk_size, q.shape[1])[1]
   batch, length, heads, channels = q.shape
-  num_chunks = -(-length // chunk_size)
-  padded = num_chunks * chunk_size
-
-  def chunks(a):  # [B, L, H, .] -> [B, C, T, H, .], zeros after the end
-    a = jnp.pad(a.astype(speed.dtype), ((0, 0), (0, padded - length), (0, 0), (0, 0)))
-    return a.reshape(batch, num_chunks, chunk_size, heads, a.shape[-1])
-
-  qc, kc, vc = chunks(q), chunks(k), chunks(v)
+  qc, kc, vc = (to_chunks(a.astype(speed.dtype), chunk_size) for a in (q, k, v))  # [B, C, T, H, .]
+  num_chunks = qc.shape[1]
   precision = jax.lax.Precision.HIGHEST
   field = wave_field(speed, damping, phase, chunk_size)  # [H, T, T]
   scores = jnp.einsum("bcthk,bcshk->bchts", qc, kc, precision=precision) * field  # [B, C, H, T, T]
@@ -105,7 +108,7 @@ def retention_chunked(
   read = [jnp.einsum("bcthk,bchkv->bcthv", qc, part(entering), precision=precision) for part in (jnp.real, jnp.imag)]
   response = carried_response(speed, damping, phase, chunk_size).T[:, :, None]  # [T, H, 1]
   incoming = jnp.real(response) * read[0] - jnp.imag(response) * read[1]  # [B, C, T, H, V]
-  y = (local + incoming).reshape(batch, padded, heads, -1)[:, :length]
+  y = from_chunks(local + incoming, length)
 
   # The state after the real last position, not after the zero padding that follows it.
   tail = length - (num_chunks - 1) * chunk_size

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wavefield_jax.physics._calls import check_constants, check_sources, check_state, check_values, one_program
-from wavefield_jax.physics._common import norm, rotation
+from wavefield_jax.physics._common import from_chunks, norm, readout, rotation, to_chunks
 from wavefield_jax.physics.wave import check_method
 
 # The selective wave (docs/design.md, section 7): each head's clock runs at a data-dependent rate
@@ -84,12 +84,9 @@ def selective_conv_chunked(
   speed, damping, phase = _check_selective(u, delta, speed, damping, phase)
   chunk_size = check_method("matmul", chunk_size, u.shape[1])[1]
   batch, length, heads, channels = u.shape
-  num_chunks = -(-length // chunk_size)
-  padded = num_chunks * chunk_size
   # A zero step with a zero source after the end leaves the state as it is: the padding changes nothing.
-  pad = ((0, 0), (0, padded - length), (0, 0))
-  clock = jnp.pad(delta.astype(speed.dtype), pad).reshape(batch, num_chunks, chunk_size, heads)  # [B, C, T, H]
-  x = jnp.pad(u.astype(speed.dtype), (*pad, (0, 0))).reshape(batch, num_chunks, chunk_size, heads, channels)
+  clock = to_chunks(delta.astype(speed.dtype), chunk_size)  # [B, C, T, H]
+  x = to_chunks(u.astype(speed.dtype), chunk_size)  # [B, C, T, H, K]
   g, c = damping[:, None, None], speed[:, None, None]  # [H, 1, 1]
   x = x * norm(damping * clock)[..., None]  # [B, C, T, H, K]: the source normalised by its own step
 
@@ -115,17 +112,9 @@ def selective_conv_chunked(
   entering = jnp.concatenate([initial_state[:, None], after[:, :-1]], axis=1)  # [B, C, H, K]
   since_start = jnp.cumsum(clock, axis=2)  # [B, C, T, H]: short sums inside one chunk
   response = _clock_decay(speed, damping, since_start) * rotation(phase)  # [B, C, T, H]
-  incoming = _readout_parts_complex(response, entering)  # [B, C, T, H, K]
-  y = (local + incoming).reshape(batch, padded, heads, channels)[:, :length]
+  incoming = readout(response, entering)  # [B, C, T, H, K]
+  y = from_chunks(local + incoming, length)
   return y.astype(u.dtype), after[:, -1]
-
-
-def _readout_parts_complex(response: jax.Array, state: jax.Array) -> jax.Array:
-  """Re(response[b, c, t, h] * state[b, c, h, k]) -> [B, C, T, H, K] real."""
-  return (
-    jnp.real(response)[..., None] * jnp.real(state)[:, :, None]
-    - jnp.imag(response)[..., None] * jnp.imag(state)[:, :, None]
-  )
 
 
 def selective_decay(delta: jax.Array, speed: jax.Array, damping: jax.Array) -> jax.Array:

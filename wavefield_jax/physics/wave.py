@@ -15,11 +15,13 @@ from wavefield_jax.physics._common import (
   carried_response,
   chunk_end_states,
   entering_states,
+  from_chunks,
   norm,
   readout,
   rotation,
   rotation_angle,
   state_decay,
+  to_chunks,
 )
 
 
@@ -275,11 +277,8 @@ def wave_conv_chunked(
   check_sources(u, speed.shape[0])
   batch, length, heads, channels = u.shape
   method, chunk_size = check_method(method, chunk_size, length)
-  num_chunks = -(-length // chunk_size)
-  padded = num_chunks * chunk_size
-  # Zeros appended after the end change nothing before them: the convolution is causal.
-  x = jnp.pad(u.astype(speed.dtype), ((0, 0), (0, padded - length), (0, 0), (0, 0)))
-  x = x.reshape(batch, num_chunks, chunk_size, heads, channels)  # [B, C, T, H, K]
+  x = to_chunks(u.astype(speed.dtype), chunk_size)  # [B, C, T, H, K]
+  num_chunks = x.shape[1]
   matmul_dtype = jnp.bfloat16 if u.dtype == jnp.bfloat16 else x.dtype
   local = _local_conv(x, speed, damping, phase, method, matmul_dtype)  # [B, C, T, H, K]
   local_states = chunk_end_states(x, speed, damping)  # [B, C, H, K]
@@ -288,7 +287,7 @@ def wave_conv_chunked(
   entering = entering_states(local_states, speed, damping, chunk_size, initial_state)  # [B, C, H, K]
   incoming = readout(carried_response(speed, damping, phase, chunk_size), entering)  # [B, C, T, H, K]
   chex.assert_equal_shape([local, incoming, x])
-  y = (local + incoming).reshape(batch, padded, heads, channels)[:, :length]
+  y = from_chunks(local + incoming, length)
   # The state after the real last position, not after the zero padding that follows it.
   tail = length - (num_chunks - 1) * chunk_size
   tail_hop = state_decay(speed, damping, tail)  # [H]: lambda**tail

@@ -59,7 +59,7 @@ def test_the_table_names_the_layers_of_a_language_model():
   rows = analysis.constants_table(tiny_lm(0))
   assert [(r["layer"], r["head"]) for r in rows] == [("0", 0), ("0", 1), ("2", 0), ("2", 1)]
   assert "| layer | head | speed |" in analysis.markdown_table(rows)
-  with pytest.raises(ValueError, match="no WaveFieldMixer"):
+  with pytest.raises(ValueError, match="no wave-family mixer"):
     analysis.constants_table(tiny_lm(0, ("attention",)))
 
 
@@ -198,7 +198,7 @@ def test_clock_steps_and_retention_matches_are_what_the_layers_compute(rng, tmp_
   assert np.all(match[..., np.triu_indices(20, 1)[0], np.triu_indices(20, 1)[1]] == 0)  # nothing from the future
   # The matches times the values are the layer's field, as the chunked physics computes it.
   mixer, x1 = model.blocks[1].mixer, model.blocks[1].mixer_norm(model.blocks[0](x0))
-  q, k, v, _, _ = mixer._queries_keys(x1, None)
+  q, k, v, _, _ = mixer.queries_keys(x1, None)
   want, _ = physics.retention_chunked(q, k, v, *mixer.constants(), 8)
   assert relative_error(np.einsum("bhts,bshv->bthv", match, v), want) < 1e-5
   plots.plot_clock(analysis.clock_steps(model, tokens), tmp_path / "clock.png", labels=list("abcdefghijklmnopqrst"))

@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from wavefield_jax import layers, linen
+from wavefield_jax import linen, mixers
 
 CONSTANTS = ("speed_raw", "damping_log", "phase")
 
@@ -20,7 +20,7 @@ def test_linen_mixer_keeps_every_value_in_params_and_matches_the_nnx_mixer(kind,
   assert set(variables) == {"params"}  # no WaveParam collection to lose
   assert all(variables["params"]["mixer"][name].shape == (2,) for name in CONSTANTS)
   # The same values loaded into the NNX mixer give the same outputs.
-  nnx_mixer = layers.WAVE_MIXERS[kind](16, 2, max_len=64, rngs=nnx.Rngs(1))
+  nnx_mixer = mixers.REGISTRY[kind].module(16, 2, max_len=64, rngs=nnx.Rngs(1))
   state = nnx.state(nnx_mixer)
   nnx.replace_by_pure_dict(state, variables["params"]["mixer"])
   nnx.update(nnx_mixer, state)

@@ -25,21 +25,24 @@ import optax
 import scipy.special
 from flax import nnx
 
-from wavefield_jax import physics
+from wavefield_jax import mixers, physics, plots
 from wavefield_jax.layers import RetentionMixer, SelectiveWaveMixer, WaveFieldMixer, WaveParam, physical_constants
+from wavefield_jax.model import WaveFieldLM
 
 CONSTANTS = ("speed", "damping", "phase")
 
 
 def wave_mixers(model: nnx.Module) -> list[tuple[str, WaveFieldMixer]]:
-  """Every WaveFieldMixer in `model` with its path, e.g. ("blocks/0/mixer", mixer), in model order."""
+  """Every wave-family mixer (`mixers.REGISTRY`) in `model` with its path, e.g. ("blocks/0/mixer", mixer), in
+  model order."""
+  wave_family = mixers.wave_family_modules()
   found = [
     ("/".join(str(p) for p in path), module)
     for path, module in nnx.iter_modules(model)
-    if isinstance(module, WaveFieldMixer)
+    if isinstance(module, wave_family)
   ]
   if not found:
-    raise ValueError(f"{type(model).__name__} contains no WaveFieldMixer: there are no wave constants to analyse")
+    raise ValueError(f"{type(model).__name__} contains no wave-family mixer: there are no wave constants to analyse")
   return found
 
 
@@ -228,12 +231,11 @@ def load(workdir: str | Path, step: int | None = None) -> tuple[nnx.Module, nnx.
   Returns:
     model, initial model, config, step.
   """
-  from wavefield_jax.checkpointing import load_trained
-  from wavefield_jax.train_lib import build_model
+  from wavefield_jax.checkpointing import load_trained  # orbax loads when a workdir is read, not with analysis
 
   graphdef, params, config, step = load_trained(workdir, step)
   model = nnx.merge(graphdef, params)
-  _, _, initial = build_model(config, config.seed)
+  initial = WaveFieldLM(config.model, rngs=nnx.Rngs(config.seed))
   return model, initial, config, step
 
 
@@ -270,9 +272,71 @@ def retention_matches(model: nnx.Module, tokens: jax.Array) -> list[tuple[str, n
   for name, mixer, x in _mixer_inputs(model, tokens):
     if not isinstance(mixer, RetentionMixer):
       continue
-    q, k, _, _, _ = mixer._queries_keys(x, None)  # [B, L, H, K]
+    q, k, _, _, _ = mixer.queries_keys(x, None)  # [B, L, H, K]
     field = physics.wave_field(*mixer.constants(), x.shape[1])  # [H, L, L]
     found.append((name, np.asarray(jnp.einsum("bthk,bshk->bhts", q, k) * field[None])))
   if not found:
     raise ValueError(f"{type(model).__name__} has no retention layer: there are no matches to show")
   return found
+
+
+def plot_kernels(model: nnx.Module, length: int, path: str | Path) -> None:
+  """Each layer's head kernels for t < length, one panel per layer. Shown divided by their normalisation
+  1 - exp(-damping), so that global heads (tiny, long kernels) are as visible as local ones."""
+  plt = plots.pyplot()
+  found = wave_mixers(model)
+  fig, axes = plt.subplots(len(found), 1, figsize=(8, 2.4 * len(found)), squeeze=False, sharex=True)
+  t = np.arange(length)
+  for ax, (name, mixer) in zip(axes[:, 0], found, strict=True):
+    speed, damping, phase = mixer.constants()
+    kernel = np.asarray(physics.wave_kernel(speed, damping, phase, length), np.float64)  # [H, L]
+    scale = -np.expm1(-np.asarray(damping, np.float64))  # [H]
+    for head, k in enumerate(kernel / scale[:, None]):
+      line = ax.plot(t, k, lw=1.1, label=f"head {head}")[0]
+      ax.fill_between(
+        t, -np.exp(-float(damping[head]) * t), np.exp(-float(damping[head]) * t), color=line.get_color(), alpha=0.06
+      )
+    ax.set_title(f"layer {layer_name(name)}", fontsize=10)
+    ax.set_ylabel("k(t) / (1 - exp(-g))")
+    ax.grid(alpha=0.3)
+  axes[0, 0].legend(fontsize=7, ncols=min(8, kernel.shape[0]), loc="upper right")
+  axes[-1, 0].set_xlabel("lag t (tokens); shaded: the envelope exp(-g t)")
+  plots.save(fig, path)
+
+
+def plot_fields(model: nnx.Module, length: int, path: str | Path) -> None:
+  """Each head's field matrix W[t, s] = k(t - s) (rows: layers, columns: heads); zero above the diagonal."""
+  plt = plots.pyplot()
+  found = wave_mixers(model)
+  heads = found[0][1].num_heads
+  fig, axes = plt.subplots(len(found), heads, figsize=(1.9 * heads, 1.9 * len(found)), squeeze=False)
+  for row, (name, mixer) in zip(axes, found, strict=True):
+    field = np.asarray(physics.wave_field(*mixer.constants(), length))  # [H, L, L]
+    for head, ax in enumerate(row):
+      limit = np.abs(field[head]).max()
+      ax.imshow(field[head], cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      ax.set_title(f"L{layer_name(name)} H{head}", fontsize=8)
+  fig.suptitle("field W[t, s] (row t: output token, column s: source token)", fontsize=9)
+  plots.save(fig, path)
+
+
+def plot_medium(model: nnx.Module, length: int, steps: int, path: str | Path) -> None:
+  """Space-time pictures of a wave leaving one token, one per head of each layer (see `medium_response`)."""
+  plt = plots.pyplot()
+  found = wave_mixers(model)
+  heads = found[0][1].num_heads
+  fig, axes = plt.subplots(len(found), heads, figsize=(2.2 * heads, 2.0 * len(found)), squeeze=False)
+  for row, (name, mixer) in zip(axes, found, strict=True):
+    speed, damping, _ = (np.asarray(a, np.float64) for a in mixer.constants())
+    for head, ax in enumerate(row):
+      response = medium_response(speed[head], damping[head], length, steps)
+      ax.imshow(response, origin="lower", aspect="auto", cmap="magma", extent=(-length, length, 0, steps))
+      ax.set_title(f"L{layer_name(name)} H{head}: c={speed[head]:.2f}, 1/g={1 / damping[head]:.0f}", fontsize=7)
+      ax.tick_params(labelsize=6)
+  for ax in axes[-1]:
+    ax.set_xlabel("position (tokens)", fontsize=7)
+  for ax in axes[:, 0]:
+    ax.set_ylabel("time", fontsize=7)
+  plots.save(fig, path)

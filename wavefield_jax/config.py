@@ -8,6 +8,7 @@ from pathlib import Path
 
 import ml_collections
 
+from wavefield_jax.mixers import REGISTRY
 from wavefield_jax.physics import METHODS as WAVE_METHODS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +36,6 @@ def config_file(argument: str) -> str:
   return f"{shipped}{colon}{rest}" if shipped.exists() else argument
 
 
-MIXERS = ("wave", "selective", "retention", "attention", "local")
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
 REMAT_POLICIES = ("none", "full", "projections", "offload")
@@ -130,10 +130,10 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"model.mixers must name one mixer per layer (model.num_layers={config.num_layers}); got {len(mixers)}: {mixers}"
     )
-  unknown = [m for m in mixers if m not in MIXERS]
+  unknown = [m for m in mixers if m not in REGISTRY]
   if unknown:
-    raise ValueError(f"model.mixers has unknown mixer {unknown[0]!r}; choose from {MIXERS}")
-  if {"attention", "local"} & set(mixers) and (config.dim // config.num_heads) % 2:
+    raise ValueError(f"model.mixers has unknown mixer {unknown[0]!r}; choose from {tuple(REGISTRY)}")
+  if any(REGISTRY[m].rotary for m in mixers) and (config.dim // config.num_heads) % 2:
     raise ValueError(
       f"model.dim / model.num_heads must be even for rotary attention; got {config.dim // config.num_heads}"
     )

@@ -65,9 +65,9 @@ def inspect_workdir(
     "flow": "flow.png",
   }
   plots.plot_constants(constants, out / files["constants"])
-  plots.plot_kernels(model, length, out / files["kernels"])
-  plots.plot_fields(model, min(length, 64), out / files["fields"])
-  plots.plot_medium(model, length, length, out / files["medium"])
+  analysis.plot_kernels(model, length, out / files["kernels"])
+  analysis.plot_fields(model, min(length, 64), out / files["fields"])
+  analysis.plot_medium(model, length, length, out / files["medium"])
   plots.plot_flow(flow, out / files["flow"], labels if length <= 64 else None)
 
   reach = _flow_reach(flow)

@@ -311,7 +311,8 @@ class RetentionMixer(WaveFieldMixer):
       "wave": jnp.zeros((batch_size, self.num_heads, head_dim, head_dim), jnp.complex64),
     }
 
-  def _queries_keys(self, x: jax.Array, history: jax.Array | None) -> tuple[jax.Array, ...]:
+  def queries_keys(self, x: jax.Array, history: jax.Array | None) -> tuple[jax.Array, ...]:
+    """q, k / sqrt(K), v [B, L, H, K], the gate [B, L, D] and the pre-conv qkv [B, L, 3D] of x [B, L, D]."""
     q, k, v, gate, qkv = self._sources(x, history)
     return q, k / math.sqrt(k.shape[-1]), v, gate, qkv  # scores q . k / sqrt(K), as attention's
 
@@ -320,7 +321,7 @@ class RetentionMixer(WaveFieldMixer):
     return self.output(self.head_norm(y.astype(gate.dtype)).reshape(gate.shape), gate)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    q, k, v, gate, _ = self._queries_keys(x, None)
+    q, k, v, gate, _ = self.queries_keys(x, None)
     if self.mesh is None:
       y, _ = physics.retention_chunked(q, k, v, *self.constants(), self.chunk_size)
     else:
@@ -332,18 +333,17 @@ class RetentionMixer(WaveFieldMixer):
   def prefill(self, x: jax.Array, cache: Cache | None = None) -> tuple[jax.Array, Cache]:
     if cache is None:
       cache = self.init_cache(x.shape[0])
-    q, k, v, gate, qkv = self._queries_keys(x, cache["conv"])
+    q, k, v, gate, qkv = self.queries_keys(x, cache["conv"])
     y, state = physics.retention_chunked(q, k, v, *self.constants(), self.chunk_size, initial_state=cache["wave"])
     return self._readout(q, y, gate), {"conv": conv_history(qkv, cache["conv"]), "wave": state}
 
   def step(self, x_t: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-    q, k, v, gate, qkv = self._queries_keys(x_t[:, None], cache["conv"])  # L = 1
+    q, k, v, gate, qkv = self.queries_keys(x_t[:, None], cache["conv"])  # L = 1
     y_t, state = physics.retention_step(cache["wave"], q[:, 0], k[:, 0], v[:, 0], *self.constants())
     return self._readout(q, y_t[:, None], gate)[:, 0], {"conv": conv_history(qkv, cache["conv"]), "wave": state}
 
 
 # The wave-field mixers by their name in `model.mixers`.
-WAVE_MIXERS = {"wave": WaveFieldMixer, "selective": SelectiveWaveMixer, "retention": RetentionMixer}
 
 
 def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:

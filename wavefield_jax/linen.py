@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wavefield_jax import layers
+from wavefield_jax import mixers
 
 
 class WaveFieldMixer(nn.Module):
@@ -51,11 +51,14 @@ class WaveFieldMixer(nn.Module):
   constants: tuple | None = None
 
   def _build(self, key: jax.Array) -> nnx.Module:
-    if self.kind not in layers.WAVE_MIXERS:
-      raise ValueError(f"kind must be one of {tuple(layers.WAVE_MIXERS)}; got {self.kind!r}")
+    wave_kinds = tuple(name for name, entry in mixers.REGISTRY.items() if entry.wave_family)
+    if self.kind not in wave_kinds:
+      raise ValueError(f"kind must be one of {wave_kinds}; got {self.kind!r}")
     options = dict(conv_width=self.conv_width, method=self.method, chunk_size=self.chunk_size, dtype=self.dtype)
     options |= dict(param_dtype=self.param_dtype, constants=self.constants)
-    return layers.WAVE_MIXERS[self.kind](self.dim, self.num_heads, max_len=self.max_len, rngs=nnx.Rngs(key), **options)
+    return mixers.REGISTRY[self.kind].module(
+      self.dim, self.num_heads, max_len=self.max_len, rngs=nnx.Rngs(key), **options
+    )
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:

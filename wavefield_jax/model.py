@@ -9,7 +9,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from wavefield_jax import layers, losses
+from wavefield_jax import layers, losses, mixers
 from wavefield_jax.config import validate_model_config
 from wavefield_jax.sharding import DATA, SEQ
 
@@ -80,7 +80,7 @@ class WaveFieldLM(nnx.Module):
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs, mesh: jax.sharding.Mesh | None = None):
     """mesh: a ("data", "seq") mesh: activations are split over both axes, and wave layers convolve
-    their own positions (see `parallel`)."""
+    their own positions (see `sequence_parallel`)."""
     validate_model_config(config)
     check_remat_backend(config.remat)
     self.config = config
@@ -89,24 +89,7 @@ class WaveFieldLM(nnx.Module):
     self.embed = nnx.Embed(config.vocab_size, config.dim, dtype=dtype, rngs=rngs)
     blocks = []
     for kind in config.mixers:
-      if kind in layers.WAVE_MIXERS:
-        mixer = layers.WAVE_MIXERS[kind](
-          config.dim,
-          config.num_heads,
-          max_len=config.max_len,
-          conv_width=config.conv_width,
-          method=config.wave_method,
-          chunk_size=config.wave_chunk_size,
-          dtype=dtype,
-          mesh=mesh,
-          rngs=rngs,
-        )
-      elif kind == "local":
-        mixer = layers.LocalAttention(config.dim, config.num_heads, window=config.window, dtype=dtype, rngs=rngs)
-      else:
-        mixer = layers.Attention(
-          config.dim, config.num_heads, implementation=config.attention_impl, dtype=dtype, rngs=rngs
-        )
+      mixer = mixers.kind(kind).build(config, dtype, mesh, rngs)
       blocks.append(layers.Block(mixer, config.dim, config.mlp_dim, dtype=dtype, rngs=rngs))
     self.blocks = nnx.List(blocks)
     self.final_norm = nnx.RMSNorm(config.dim, dtype=dtype, rngs=rngs)

@@ -1,5 +1,6 @@
-"""Every picture the library draws: training curves, head kernels and fields, the medium, information flow,
-the constants and the selective clock. Each function takes arrays or a model and writes one PNG.
+"""The pictures drawn from arrays and metrics: training curves, information flow, the constants and the
+selective clock (the pictures of a model's heads are `analysis.plot_kernels`, `plot_fields`, `plot_medium`).
+Each function writes one PNG.
 
 matplotlib is imported on the first plot, with the file-only Agg backend, so that training and the
 command-line tools start without it.
@@ -11,9 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from flax import nnx
 
-from wavefield_jax import analysis, physics
 from wavefield_jax.workdir import read_metrics
 
 
@@ -67,70 +66,6 @@ def plot_clock(clocks: Sequence[tuple[str, np.ndarray]], path: str | Path, label
       ax.set_xticks(np.arange(len(labels)), labels, fontsize=6)
     fig.colorbar(image, ax=ax, fraction=0.03)
   axes[-1, 0].set_xlabel("position")
-  save(fig, path)
-
-
-def plot_kernels(model: nnx.Module, length: int, path: str | Path) -> None:
-  """Each layer's head kernels for t < length, one panel per layer. Shown divided by their normalisation
-  1 - exp(-damping), so that global heads (tiny, long kernels) are as visible as local ones."""
-  plt = pyplot()
-  mixers = analysis.wave_mixers(model)
-  fig, axes = plt.subplots(len(mixers), 1, figsize=(8, 2.4 * len(mixers)), squeeze=False, sharex=True)
-  t = np.arange(length)
-  for ax, (name, mixer) in zip(axes[:, 0], mixers, strict=True):
-    speed, damping, phase = mixer.constants()
-    kernel = np.asarray(physics.wave_kernel(speed, damping, phase, length), np.float64)  # [H, L]
-    scale = -np.expm1(-np.asarray(damping, np.float64))  # [H]
-    for head, k in enumerate(kernel / scale[:, None]):
-      line = ax.plot(t, k, lw=1.1, label=f"head {head}")[0]
-      ax.fill_between(
-        t, -np.exp(-float(damping[head]) * t), np.exp(-float(damping[head]) * t), color=line.get_color(), alpha=0.06
-      )
-    ax.set_title(f"layer {analysis.layer_name(name)}", fontsize=10)
-    ax.set_ylabel("k(t) / (1 - exp(-g))")
-    ax.grid(alpha=0.3)
-  axes[0, 0].legend(fontsize=7, ncols=min(8, kernel.shape[0]), loc="upper right")
-  axes[-1, 0].set_xlabel("lag t (tokens); shaded: the envelope exp(-g t)")
-  save(fig, path)
-
-
-def plot_fields(model: nnx.Module, length: int, path: str | Path) -> None:
-  """Each head's field matrix W[t, s] = k(t - s) (rows: layers, columns: heads); zero above the diagonal."""
-  plt = pyplot()
-  mixers = analysis.wave_mixers(model)
-  heads = mixers[0][1].num_heads
-  fig, axes = plt.subplots(len(mixers), heads, figsize=(1.9 * heads, 1.9 * len(mixers)), squeeze=False)
-  for row, (name, mixer) in zip(axes, mixers, strict=True):
-    field = np.asarray(physics.wave_field(*mixer.constants(), length))  # [H, L, L]
-    for head, ax in enumerate(row):
-      limit = np.abs(field[head]).max()
-      ax.imshow(field[head], cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-      ax.set_xticks([])
-      ax.set_yticks([])
-      ax.set_title(f"L{analysis.layer_name(name)} H{head}", fontsize=8)
-  fig.suptitle("field W[t, s] (row t: output token, column s: source token)", fontsize=9)
-  save(fig, path)
-
-
-def plot_medium(model: nnx.Module, length: int, steps: int, path: str | Path) -> None:
-  """Space-time pictures of a wave leaving one token, one per head of each layer (see `medium_response`)."""
-  plt = pyplot()
-  mixers = analysis.wave_mixers(model)
-  heads = mixers[0][1].num_heads
-  fig, axes = plt.subplots(len(mixers), heads, figsize=(2.2 * heads, 2.0 * len(mixers)), squeeze=False)
-  for row, (name, mixer) in zip(axes, mixers, strict=True):
-    speed, damping, _ = (np.asarray(a, np.float64) for a in mixer.constants())
-    for head, ax in enumerate(row):
-      response = analysis.medium_response(speed[head], damping[head], length, steps)
-      ax.imshow(response, origin="lower", aspect="auto", cmap="magma", extent=(-length, length, 0, steps))
-      ax.set_title(
-        f"L{analysis.layer_name(name)} H{head}: c={speed[head]:.2f}, 1/g={1 / damping[head]:.0f}", fontsize=7
-      )
-      ax.tick_params(labelsize=6)
-  for ax in axes[-1]:
-    ax.set_xlabel("position (tokens)", fontsize=7)
-  for ax in axes[:, 0]:
-    ax.set_ylabel("time", fontsize=7)
   save(fig, path)
 
 

@@ -18,7 +18,6 @@ from flax import nnx
 
 from benchmarks import common
 from wavefield_jax import analysis, input_pipeline, sources, tokenizers
-from wavefield_jax.analysis import markdown_table
 from wavefield_jax.checkpointing import load_trained
 
 HOLD, FLUSH = 0.2, 5.0
@@ -59,7 +58,7 @@ def main() -> None:
   args = parser.parse_args()
   rows = [row for workdir in args.workdirs for row in clock_rows(workdir)]
   columns = ["run", "layer", "head", "hold", "wave_like", "flush", "median", "p90_over_p10"]
-  table = markdown_table(rows, columns) + (
+  table = common.markdown_table(rows, columns) + (
     f"\n\nShare of (token, head) clock steps delta that hold the field (< {HOLD}), run it near the"
     f" time-invariant wave ({HOLD} to {FLUSH}) or flush it (> {FLUSH}), on 16 validation windows; median"
     " delta and its 90th / 10th percentile per head."

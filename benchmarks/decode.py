@@ -24,7 +24,6 @@ import numpy as np
 
 from benchmarks import common
 from wavefield_jax import plots
-from wavefield_jax.analysis import markdown_table
 
 MODULE = "benchmarks.decode"
 MODELS = {
@@ -136,7 +135,7 @@ def main() -> None:
 
 
 def write_generation(rows: list[dict]) -> None:
-  table = markdown_table(
+  table = common.markdown_table(
     [
       [
         r["model"],
@@ -171,7 +170,7 @@ def write(rows: list[dict], contexts: list[int]) -> None:
     table_rows.append(cells)
   header = ["context"] + [f"{m} ms/token" for m in MODELS] + ["transformer / wave"]
   header += [f"{m} peak RSS MiB" for m in MODELS] + [f"{m} cache MiB" for m in MODELS]
-  table = markdown_table(table_rows, header)
+  table = common.markdown_table(table_rows, header)
   flat = {m: get(m, contexts[-1], "latency_ms") / get(m, contexts[0], "latency_ms") for m in MODELS}
   table += (
     f"\n\nLatency at {contexts[-1]:,} / at {contexts[0]:,}: "

@@ -27,7 +27,6 @@ import numpy as np
 
 from benchmarks import common
 from wavefield_jax import plots
-from wavefield_jax.analysis import markdown_table
 
 MODULE = "benchmarks.long_context"
 TOKENS_PER_STEP = 65536
@@ -207,7 +206,7 @@ def write(rows: list[dict]) -> None:
   sections.append(
     f"Train step of the default wave model (D=128, 4 layers, float32), {TOKENS_PER_STEP:,} tokens per step, median of "
     "the repeats:\n\n"
-    + markdown_table(rate_rows, ["L", "batch", "tok/s", "tok/s, remat full", "remat full step time"])
+    + common.markdown_table(rate_rows, ["L", "batch", "tok/s", "tok/s, remat full", "remat full step time"])
     + (
       f"\n\nCost per token at L = {RATE_LENGTHS[-1]:,} over that at L = {RATE_LENGTHS[0]:,}: "
       f"{first['tokens_per_s'] / last['tokens_per_s']:.2f}x."
@@ -225,7 +224,7 @@ def write(rows: list[dict]) -> None:
     cause_rows.append([name, rate(two), rate(one), ratio])
   sections.append(
     "One sequence per step, 8,192 tokens per step:\n\n"
-    + markdown_table(
+    + common.markdown_table(
       cause_rows, ["compiled with", "B = 2 x 4k tok/s", "B = 1 x 8k tok/s", "per-token cost, 1 x 8k / 2 x 4k"]
     )
   )
@@ -258,7 +257,9 @@ def write(rows: list[dict]) -> None:
   sections.append(
     "Training the default wave model on the shipped corpus, one window per step (the rate table above gives its "
     "speed; these runs shared the machine):\n\n"
-    + markdown_table(train_rows, ["window", "with", "peak RSS MiB", "train loss, first -> last step", "validation BPB"])
+    + common.markdown_table(
+      train_rows, ["window", "with", "peak RSS MiB", "train loss, first -> last step", "validation BPB"]
+    )
   )
   common.write_results("long_context", {"machine": common.machine(), "rows": rows}, "\n\n".join(sections))
 

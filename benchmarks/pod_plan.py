@@ -33,7 +33,6 @@ from pathlib import Path
 
 from benchmarks import common
 from wavefield_jax import plots
-from wavefield_jax.analysis import markdown_table
 
 MODULE = "benchmarks.pod_plan"
 REPO = Path(__file__).resolve().parent.parent
@@ -283,8 +282,8 @@ def write(rows: list[dict], check: dict | None, lengths: list[int], meshes: list
   header = ["model", "data x seq", "L", "state+batch GiB", "temporaries GiB", "total GiB", "TFLOP / step"]
   header += [f"{name} tok/s" for name in ACCELERATORS] + ["H100 tok/s, flops only"]
   summary_length = max(r["length"] for r in rows if "error" not in r and r["length"] <= 65536)
-  table = markdown_table([cells(r) for r in rows if r["length"] == summary_length], header)
-  everything = markdown_table([cells(r) for r in rows], header)
+  table = common.markdown_table([cells(r) for r in rows if r["length"] == summary_length], header)
+  everything = common.markdown_table([cells(r) for r in rows], header)
 
   fits = []
   for model in models:
@@ -295,7 +294,7 @@ def write(rows: list[dict], check: dict | None, lengths: list[int], meshes: list
     fits.append([model, *cells_by_mesh])
   table += f"\n\nLongest context that fits a device of {' / '.join(DEVICE_MEMORY)} (per-device total, log-log "
   table += "interpolated between compiled lengths, ~):\n\n"
-  table += markdown_table(fits, ["model", *(f"{d}x{s}" for d, s in meshes)])
+  table += common.markdown_table(fits, ["model", *(f"{d}x{s}" for d, s in meshes)])
 
   falls = []
   for length in (n for n in lengths if n >= 65536):

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from benchmarks import common
 from wavefield_jax import plots
-from wavefield_jax.analysis import markdown_table
 from wavefield_jax.workdir import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,7 +108,7 @@ def main() -> None:
 def write(rows: list[dict], steps: int) -> None:
   plt = plots.pyplot()
 
-  table = markdown_table(
+  table = common.markdown_table(
     [
       [
         r["model"],

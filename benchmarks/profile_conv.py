@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from wavefield_jax.analysis import markdown_table
 
 
 def median_ms(fn, x) -> float:
@@ -117,7 +116,7 @@ def main() -> None:
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
     ms = median_ms(lambda u, grad=grad: grad(u, c4, g4, p4), u_small)
     rows.append(["B=1, L=8,192, H=4, K=32", f"default model's wave conv forward + backward, {method}", f"{ms:,.1f}"])
-  table = markdown_table(rows, ["shape", "what", "median ms"])
+  table = common.markdown_table(rows, ["shape", "what", "median ms"])
   common.write_results("profile_conv", {"machine": common.machine(), "rows": rows}, table)
 
 

@@ -30,7 +30,6 @@ from pathlib import Path
 
 from benchmarks import common
 from wavefield_jax import plots
-from wavefield_jax.analysis import markdown_table
 from wavefield_jax.workdir import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -235,7 +234,7 @@ def write(results: dict, models: list[str], seeds: list[int], steps: int, size: 
     curve = dict(results[f"transformer_s{seed}"]["curve"])
     quarter = max(s for s in curve if s <= 0.75 * steps)
     plateau.append(1 - curve[steps] / curve[quarter])
-  table = markdown_table(
+  table = common.markdown_table(
     rows,
     [
       "model",

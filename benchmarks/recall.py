@@ -38,7 +38,6 @@ import numpy as np
 
 from benchmarks import common
 from wavefield_jax import plots
-from wavefield_jax.analysis import markdown_table
 from wavefield_jax.config import TWO_LAYER_MIXERS
 
 MODULE = "benchmarks.recall"
@@ -417,7 +416,7 @@ def write(rows: list[dict]) -> None:
     [name, f"{spec[-2]:,} x {spec[-1]:,}", *(cell(spec, m) for m in models)]
     for name, spec in zip(names, specs, strict=True)
   ]
-  table = markdown_table(table_rows, ["case", "steps x tokens", *models])
+  table = common.markdown_table(table_rows, ["case", "steps x tokens", *models])
   table += (
     "\n\nAnswer accuracy at the training length, at the best learning rate tried (in brackets). 2 layers, D=64"
     " unless _d<D> says otherwise, loss on answers only; 512 unseen sequences; *_local: the named mixer, then"
@@ -429,7 +428,7 @@ def write(rows: list[dict]) -> None:
   long_rows = [(spec, model, row) for (spec, model), row in best.items() if len(row.get("accuracy_at", {})) > 1]
   if long_rows:
     lengths = sorted({int(n) for _, _, row in long_rows for n in row["accuracy_at"]})
-    table += "\n\n" + markdown_table(
+    table += "\n\n" + common.markdown_table(
       [
         [case_name(dict(zip(SPEC_KEYS, spec, strict=True))), model, f"{row['state_floats']:,}"]
         + [percent(row["accuracy_at"].get(str(n), "-")) for n in lengths]

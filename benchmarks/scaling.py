@@ -26,7 +26,6 @@ import numpy as np
 
 from benchmarks import common
 from wavefield_jax import plots
-from wavefield_jax.analysis import markdown_table
 
 MODULE = "benchmarks.scaling"
 KINDS = ("fft", "matmul", "fft_floor", "memory_floor", "wave_mixer", "attention")
@@ -178,7 +177,7 @@ def write(
         slopes[kind] = slope(xs, [ms(kind, pass_, n) for n in xs])
     summary[pass_] = slopes
     slope_text = ", ".join(f"{k} {v:.2f}" for k, v in slopes.items())
-    sections.append(f"### {pass_}\n\n" + markdown_table(table_rows, header) + f"\n\nlog-log slope: {slope_text}")
+    sections.append(f"### {pass_}\n\n" + common.markdown_table(table_rows, header) + f"\n\nlog-log slope: {slope_text}")
 
   cost_rows = []
   for pass_ in PASSES:
@@ -197,7 +196,7 @@ def write(
         )
   sections.append(
     "### flops and bytes per element of u (XLA cost analysis), achieved GFLOP/s\n\n"
-    + markdown_table(cost_rows, ["pass", "method", "L", "flops / element", "bytes / element", "GFLOP/s"])
+    + common.markdown_table(cost_rows, ["pass", "method", "L", "flops / element", "bytes / element", "GFLOP/s"])
   )
 
   if sweep:
@@ -210,7 +209,7 @@ def write(
           cells.append(_cell(swept[(pass_, length, chunk_size)], "median_ms", ",.1f"))
       sweep_rows.append(cells)
     header = ["T"] + [f"{n:,} {p} (ms)" for n in sweep_lengths for p in PASSES]
-    sections.append("### matmul chunk size T\n\n" + markdown_table(sweep_rows, header))
+    sections.append("### matmul chunk size T\n\n" + common.markdown_table(sweep_rows, header))
 
   table = "\n\n".join(sections) + (
     "\n\nB=1, D=512, 8 heads of K=64, float32; median of runs, each case in a fresh process; "

@@ -29,7 +29,6 @@ import numpy as np
 
 from benchmarks import common
 from wavefield_jax import plots
-from wavefield_jax.analysis import markdown_table
 
 MODULE = "benchmarks.scoring"
 CONTEXT_MODELS = ("wave", "selective", "retention", "hybrid", "hybrid_local", "transformer")
@@ -176,7 +175,7 @@ def write(results: dict) -> None:
   columns = [str(c) for c in CONTEXTS] + [DOCUMENT]
   context_rows = results.get("context", [])
   if context_rows:
-    table = markdown_table(
+    table = common.markdown_table(
       [
         [r["model"], f"{r['validation_bpb']:.3f}", *(value(r["bpb"][c]) for c in columns)]
         for r in context_rows
@@ -207,7 +206,7 @@ def write(results: dict) -> None:
   if "adapter_tokens_per_s" in throughput:
     ratio = throughput["adapter_tokens_per_s"] / throughput["eval_step_tokens_per_s"]
     sections.append(
-      markdown_table(
+      common.markdown_table(
         [
           [
             f"{throughput['adapter_tokens_per_s']:,.0f}",
@@ -226,7 +225,7 @@ def write(results: dict) -> None:
   if len(memory) == 2 and all("peak_rss_mib" in m for m in memory):
     short, longest = memory
     sections.append(
-      markdown_table(
+      common.markdown_table(
         [[f"{m['bytes']:,}", f"{m['peak_rss_mib']:.0f}", f"{m['seconds']:.1f}"] for m in memory],
         ["bytes read whole", "peak RSS MiB", "seconds"],
       )

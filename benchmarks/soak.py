@@ -25,7 +25,6 @@ import numpy as np
 
 from benchmarks import common
 from wavefield_jax import plots
-from wavefield_jax.analysis import markdown_table
 from wavefield_jax.workdir import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,7 +129,7 @@ def main() -> None:
     for i, k in enumerate(kills)
   ]
   header = ["start", "killed after (s)", "logged before it", "it resumed from", "logged when killed", "resume ok"]
-  table = markdown_table(rows, header)
+  table = common.markdown_table(rows, header)
   table += (
     f"\n\n{summary['kills_survived']} of {len(kills)} kills survived; final validation loss "
     f"{got[0] if got else 'n/a'} vs {want[0]} uninterrupted ({'equal' if summary['final_equal'] else 'DIFFERENT'}); "

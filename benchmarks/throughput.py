@@ -15,7 +15,6 @@ import numpy as np
 
 from benchmarks import common
 from wavefield_jax import plots
-from wavefield_jax.analysis import markdown_table
 
 MODULE = "benchmarks.throughput"
 # model name -> (mixers, wave method)
@@ -91,7 +90,7 @@ def write(rows: list[dict], lengths: list[int]) -> None:
     )
   header = ["L", *(f"{m} tok/s" for m in MODELS), "wave / wave_fft", "wave / transformer", "hybrid / transformer"]
   header += ["selective step / wave step", "retention step / wave step"]
-  table = markdown_table(table_rows, header)
+  table = common.markdown_table(table_rows, header)
   table += f"\n\nDefault size (D=128, 4 layers), {TOKENS_PER_STEP} tokens per step, float32, median step time."
   common.write_results("throughput", {"machine": common.machine(), "rows": rows}, table)
   fig, ax = plt.subplots(figsize=(6.5, 4))

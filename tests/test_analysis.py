@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from reference import relative_error
 
-from wavefield_jax import analysis, input_pipeline, physics, plots, tokenizers
+from wavefield_jax import analysis, input_pipeline, physics, plots, tables, tokenizers
 from wavefield_jax.config import model_config
 from wavefield_jax.layers import WaveFieldMixer, inverse_softplus
 from wavefield_jax.model import WaveFieldLM
@@ -58,7 +58,7 @@ def test_a_head_with_known_constants_has_the_known_decay_length_and_period(rng):
 def test_the_table_names_the_layers_of_a_language_model():
   rows = analysis.constants_table(tiny_lm(0))
   assert [(r["layer"], r["head"]) for r in rows] == [("0", 0), ("0", 1), ("2", 0), ("2", 1)]
-  assert "| layer | head | speed |" in analysis.markdown_table(rows)
+  assert "| layer | head | speed |" in tables.markdown_table(rows)
   with pytest.raises(ValueError, match="no wave-family mixer"):
     analysis.constants_table(tiny_lm(0, ("attention",)))
 

@@ -200,16 +200,16 @@ def test_local_cache_does_not_grow_with_the_context():
 
 # The selective and content-addressed wave mixers (docs/design.md, section 7): the same three calls as the
 # wave mixer, across many chunks of 8 and a length that is not a multiple of them.
-NEW_MIXERS = {"selective": layers.SelectiveWaveMixer, "retention": layers.RetentionMixer}
+SELECTIVE_AND_RETENTION = {"selective": layers.SelectiveWaveMixer, "retention": layers.RetentionMixer}
 
 
-def make_new_mixer(kind: str, seed: int, dim=32, heads=4, chunk_size=8, **kwargs):
-  return NEW_MIXERS[kind](dim, heads, max_len=256, chunk_size=chunk_size, rngs=nnx.Rngs(seed), **kwargs)
+def make_mixer_of_kind(kind: str, seed: int, dim=32, heads=4, chunk_size=8, **kwargs):
+  return SELECTIVE_AND_RETENTION[kind](dim, heads, max_len=256, chunk_size=chunk_size, rngs=nnx.Rngs(seed), **kwargs)
 
 
-@pytest.mark.parametrize("kind", NEW_MIXERS)
-def test_new_mixers_decode_and_prefill_equal_the_forward(rng, kind):
-  mixer = make_new_mixer(kind, int(rng.integers(1 << 30)))
+@pytest.mark.parametrize("kind", SELECTIVE_AND_RETENTION)
+def test_selective_and_retention_decode_and_prefill_equal_the_forward(rng, kind):
+  mixer = make_mixer_of_kind(kind, int(rng.integers(1 << 30)))
   x = rng.standard_normal((2, 61, 32)).astype(np.float32)
   parallel = nnx.jit(lambda m, x: m(x))(mixer, x)
   stepped, _ = decode_token_by_token(mixer, x)
@@ -220,17 +220,17 @@ def test_new_mixers_decode_and_prefill_equal_the_forward(rng, kind):
   assert relative_error(jnp.concatenate([first, second], axis=1), parallel) < 1e-4
 
 
-@pytest.mark.parametrize("kind", NEW_MIXERS)
-def test_new_mixers_are_causal(rng, kind):
-  mixer = make_new_mixer(kind, int(rng.integers(1 << 30)), dim=16, heads=2, chunk_size=4)
+@pytest.mark.parametrize("kind", SELECTIVE_AND_RETENTION)
+def test_selective_and_retention_are_causal(rng, kind):
+  mixer = make_mixer_of_kind(kind, int(rng.integers(1 << 30)), dim=16, heads=2, chunk_size=4)
   x = rng.standard_normal((1, 18, 16)).astype(np.float32)
   assert future_leak(nnx.jit(lambda v: mixer(v)), x) < 1e-6
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", NEW_MIXERS)
-def test_new_mixers_keep_three_constants_per_head_and_a_bounded_cache(kind):
-  mixer = make_new_mixer(kind, 0, dim=48, heads=6)
+@pytest.mark.parametrize("kind", SELECTIVE_AND_RETENTION)
+def test_selective_and_retention_keep_three_constants_per_head_and_a_bounded_cache(kind):
+  mixer = make_mixer_of_kind(kind, 0, dim=48, heads=6)
   assert sum(c.size for c in jax.tree.leaves(nnx.state(mixer, wf.WaveParam))) == 3 * 6
   small, large = (jax.tree.map(jnp.shape, mixer.init_cache(2, n)) for n in (1024, 65536))
   assert small == large
@@ -239,7 +239,7 @@ def test_new_mixers_keep_three_constants_per_head_and_a_bounded_cache(kind):
 @pytest.mark.slow
 def test_selective_mixer_starts_as_the_wave_mixer(rng):
   seed = int(rng.integers(1 << 30))
-  wave, selective = make_mixer(seed), make_new_mixer("selective", seed, chunk_size=None)
+  wave, selective = make_mixer(seed), make_mixer_of_kind("selective", seed, chunk_size=None)
   x = rng.standard_normal((2, 50, 32)).astype(np.float32)
   delta = np.asarray(selective.clock_steps(x))
   assert np.all((delta > 0.5) & (delta < 2.0)) and abs(delta.mean() - 1) < 0.1  # about one step per token
@@ -250,7 +250,7 @@ def test_selective_mixer_starts_as_the_wave_mixer(rng):
 
 @pytest.mark.slow
 def test_selective_mixer_gradients_reach_the_constants_and_the_clock(rng):
-  mixer = make_new_mixer("selective", int(rng.integers(1 << 30)))
+  mixer = make_mixer_of_kind("selective", int(rng.integers(1 << 30)))
   x = rng.standard_normal((2, 40, 32)).astype(np.float32)
   grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(mixer)
   for value in (grads.speed_raw, grads.damping_log, grads.phase, grads.clock.kernel, grads.clock.bias):
@@ -261,7 +261,7 @@ def test_selective_mixer_gradients_reach_the_constants_and_the_clock(rng):
 @pytest.mark.slow
 def test_retention_output_scale_does_not_grow_with_the_matches(rng):
   # The per-head norm: the same sources repeated 1x or 8x along the sequence give outputs of one scale.
-  mixer = make_new_mixer("retention", int(rng.integers(1 << 30)))
+  mixer = make_mixer_of_kind("retention", int(rng.integers(1 << 30)))
   x = rng.standard_normal((1, 8, 32)).astype(np.float32)
   once, many = mixer(x), mixer(np.tile(x, (1, 8, 1)))
   ratio = float(jnp.sqrt(jnp.mean(many[:, -8:] ** 2) / jnp.mean(once**2)))

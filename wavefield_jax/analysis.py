@@ -14,7 +14,6 @@ that the trained constants can be shown beside the ones the run started from.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -84,22 +83,6 @@ def constants_table(model: nnx.Module, initial: nnx.Module | None = None) -> lis
         row |= {f"{k}_init": v for k, v in head_constants(*before[head]).items()}
       rows.append(row)
   return rows
-
-
-def markdown_table(rows: Sequence[dict] | Sequence[Sequence], columns: Sequence[str] | None = None) -> str:
-  """A Markdown table of dict rows (`constants_table`, `constant_gradients`: the named `columns`, all by
-  default) or of sequence rows under the header `columns`. Floats get 4 significant digits."""
-  columns = list(columns or rows[0].keys())
-
-  def cell(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-  def cells(row) -> list:
-    return [row[c] for c in columns] if isinstance(row, dict) else list(row)
-
-  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-  lines += ["| " + " | ".join(cell(value) for value in cells(row)) + " |" for row in rows]
-  return "\n".join(lines)
 
 
 def medium_response(speed: float, damping: float, length: int, steps: int) -> np.ndarray:

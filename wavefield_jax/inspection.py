@@ -37,7 +37,7 @@ def inspect_workdir(
   """Writes the report for the checkpoint of `workdir`; returns {"step", "constants", "gradients", "files"}."""
   import numpy as np
 
-  from wavefield_jax import analysis, input_pipeline, plots, sources, tokenizers
+  from wavefield_jax import analysis, input_pipeline, plots, sources, tables, tokenizers
 
   model, initial, config, step = analysis.load(workdir, step)
   out = Path(out) if out else Path(workdir) / "inspect"
@@ -76,7 +76,7 @@ def inspect_workdir(
     "",
     "## Physical constants per head (with initial values)",
     "",
-    analysis.markdown_table(constants, TABLE_COLUMNS),
+    tables.markdown_table(constants, TABLE_COLUMNS),
     "",
     "![constants](constants.png)",
     "",
@@ -98,7 +98,7 @@ def inspect_workdir(
     "",
     f"## Validation loss gradient with respect to each constant ({len(eval_windows)} windows)",
     "",
-    analysis.markdown_table(gradients, GRADIENT_COLUMNS),
+    tables.markdown_table(gradients, GRADIENT_COLUMNS),
     "",
   ]
   (out / "report.md").write_text("\n".join(report))
@@ -122,7 +122,7 @@ def main() -> None:
   """The `wavefield-inspect` command."""
   from absl import flags
 
-  from wavefield_jax import analysis, cli
+  from wavefield_jax import cli, tables
 
   cli.define_workdir_flags("inspect")
   flags.DEFINE_string("out", None, "Where to write the report (default: WORKDIR/inspect).")
@@ -133,7 +133,7 @@ def main() -> None:
   def body(f) -> None:
     result = inspect_workdir(f.workdir, f.out, f.step, f.text, f.length, f.windows)
     print(f"step {result['step']}: physical constants per head\n")
-    print(analysis.markdown_table(result["constants"], TABLE_COLUMNS))
+    print(tables.markdown_table(result["constants"], TABLE_COLUMNS))
     print("\nwrote " + ", ".join(result["files"]))
 
   cli.run(body, errors=(OSError,), doc=__doc__)

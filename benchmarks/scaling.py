@@ -49,7 +49,7 @@ def measure(case: dict) -> dict:
   from flax import nnx
 
   import wavefield_jax as wf
-  from wavefield_jax import layers, physics
+  from wavefield_jax import attention, layers, physics
 
   length, kind, pass_ = case["length"], case["kind"], case["pass"]
   rng = np.random.default_rng(0)
@@ -71,9 +71,9 @@ def measure(case: dict) -> dict:
     if kind == "wave_mixer":
       module = layers.WaveFieldMixer(DIM, HEADS, max_len=length, rngs=nnx.Rngs(0))
     elif kind == "attention":
-      module = layers.Attention(DIM, HEADS, implementation="xla", rngs=nnx.Rngs(0))
+      module = attention.Attention(DIM, HEADS, implementation="xla", rngs=nnx.Rngs(0))
     else:  # cuDNN's fused attention takes bf16 / fp16 only
-      module = layers.Attention(DIM, HEADS, implementation="cudnn", dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+      module = attention.Attention(DIM, HEADS, implementation="cudnn", dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
       x = x.astype(jnp.bfloat16)
     graphdef, state = nnx.split(module)
     fn = lambda x: nnx.merge(graphdef, state)(x)  # noqa: E731

@@ -11,7 +11,7 @@ from flax import nnx
 from reference import future_leak, relative_error
 
 import wavefield_jax as wf
-from wavefield_jax import layers
+from wavefield_jax import attention, layers
 from wavefield_jax.train_lib import param_labels
 
 
@@ -161,12 +161,12 @@ def local_attention_f64(q, k, v, window):
 @pytest.mark.parametrize("length, window", [(1, 4), (37, 8), (64, 16), (50, 64)])
 def test_local_attention_matches_the_windowed_softmax(rng, length, window):
   q, k, v = (rng.standard_normal((2, length, 3, 4)).astype(np.float32) for _ in range(3))
-  got = layers.local_attention(q, k, v, window)
+  got = attention.local_attention(q, k, v, window)
   assert relative_error(got, local_attention_f64(q, k, v, window)) < 1e-5
 
 
 def make_local(seed: int, window: int = 8, dim: int = 32, heads: int = 4):
-  return layers.LocalAttention(dim, heads, window=window, rngs=nnx.Rngs(seed))
+  return attention.LocalAttention(dim, heads, window=window, rngs=nnx.Rngs(seed))
 
 
 def test_local_mixer_sees_exactly_its_window(rng):

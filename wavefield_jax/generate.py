@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from wavefield_jax import tokenizers
 from wavefield_jax.model import WaveFieldLM
 
 
@@ -241,3 +244,42 @@ def generate(
     stop_tokens=tuple(int(t) for t in stop_tokens),
   )
   return jnp.concatenate([prompt, new], axis=1)
+
+
+def sample_text(
+  workdir: str | Path,
+  prompt: str,
+  max_new_tokens: int = 300,
+  *,
+  temperature: float = 0.8,
+  top_k: int | None = None,
+  top_p: float | None = None,
+  seed: int = 0,
+  num_samples: int = 1,
+  step: int | None = None,
+) -> tuple[list[str], int]:
+  """Samples `num_samples` continuations of `prompt` from the checkpoint of `workdir`.
+
+  Returns:
+    The texts (each the prompt followed by its continuation) and the checkpoint step they came from.
+  """
+  from wavefield_jax.checkpointing import load_trained  # orbax loads when a workdir is read
+
+  if not prompt:
+    raise ValueError("prompt must hold at least one character; a newline ('\\n') starts a fresh line")
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1; got {num_samples}")
+  graphdef, params, config, step = load_trained(workdir, step)
+  model = nnx.merge(graphdef, params)
+  tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
+  prompt_tokens = np.tile(tokenizer.encode(prompt.encode("utf-8"))[None], (num_samples, 1))  # [N, P]
+  tokens = generate(
+    model,
+    prompt_tokens,
+    max_new_tokens,
+    temperature=temperature,
+    top_k=top_k,
+    top_p=top_p,
+    rng=jax.random.key(seed),
+  )
+  return [tokenizer.decode(np.asarray(row)) for row in tokens], step

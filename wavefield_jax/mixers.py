@@ -14,7 +14,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from wavefield_jax import layers
+from wavefield_jax import attention, layers
 
 # build(model config, compute dtype, mesh or None, rngs) -> the mixer of one layer.
 Builder = Callable[[ml_collections.ConfigDict, Any, "jax.sharding.Mesh | None", nnx.Rngs], nnx.Module]
@@ -85,8 +85,8 @@ for _name, _module in (
   register(_name, _module, _wave_builder(_module), wave_family=True)
 register(
   "attention",
-  layers.Attention,
-  lambda config, dtype, mesh, rngs: layers.Attention(
+  attention.Attention,
+  lambda config, dtype, mesh, rngs: attention.Attention(
     config.dim, config.num_heads, implementation=config.attention_impl, dtype=dtype, rngs=rngs
   ),
   wave_family=False,
@@ -94,8 +94,8 @@ register(
 )
 register(
   "local",
-  layers.LocalAttention,
-  lambda config, dtype, mesh, rngs: layers.LocalAttention(
+  attention.LocalAttention,
+  lambda config, dtype, mesh, rngs: attention.LocalAttention(
     config.dim, config.num_heads, window=config.window, dtype=dtype, rngs=rngs
   ),
   wave_family=False,

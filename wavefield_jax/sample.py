@@ -9,53 +9,6 @@ recurrence (O(1) per token for wave layers, whatever the length of the prompt).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-
-def sample_text(
-  workdir: str | Path,
-  prompt: str,
-  max_new_tokens: int = 300,
-  *,
-  temperature: float = 0.8,
-  top_k: int | None = None,
-  top_p: float | None = None,
-  seed: int = 0,
-  num_samples: int = 1,
-  step: int | None = None,
-) -> tuple[list[str], int]:
-  """Samples `num_samples` continuations of `prompt` from the checkpoint of `workdir`.
-
-  Returns:
-    The texts (each the prompt followed by its continuation) and the checkpoint step they came from.
-  """
-  import jax
-  import numpy as np
-  from flax import nnx
-
-  from wavefield_jax import tokenizers
-  from wavefield_jax.checkpointing import load_trained
-  from wavefield_jax.generate import generate
-
-  if not prompt:
-    raise ValueError("prompt must hold at least one character; a newline ('\\n') starts a fresh line")
-  if num_samples < 1:
-    raise ValueError(f"num_samples must be >= 1; got {num_samples}")
-  graphdef, params, config, step = load_trained(workdir, step)
-  model = nnx.merge(graphdef, params)
-  tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
-  prompt_tokens = np.tile(tokenizer.encode(prompt.encode("utf-8"))[None], (num_samples, 1))  # [N, P]
-  tokens = generate(
-    model,
-    prompt_tokens,
-    max_new_tokens,
-    temperature=temperature,
-    top_k=top_k,
-    top_p=top_p,
-    rng=jax.random.key(seed),
-  )
-  return [tokenizer.decode(np.asarray(row)) for row in tokens], step
-
 
 def main() -> None:
   """The `wavefield-sample` command."""
@@ -73,6 +26,8 @@ def main() -> None:
   flags.DEFINE_integer("num_samples", 1, "Independent samples of the same prompt.")
 
   def body(f) -> None:
+    from wavefield_jax.generate import sample_text  # JAX loads after the flags parse: --help answers at once
+
     options = dict(temperature=f.temperature, top_k=f.top_k, top_p=f.top_p, seed=f.seed)
     texts, step = sample_text(f.workdir, f.prompt, f.max_new_tokens, **options, num_samples=f.num_samples, step=f.step)
     for i, text in enumerate(texts):

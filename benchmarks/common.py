@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from wavefield_jax.tables import markdown_table  # noqa: F401 (every benchmark takes its tables from here)
+
 RESULTS = Path(os.environ.get("WAVEFIELD_RESULTS", Path(__file__).parent / "results"))
 
 

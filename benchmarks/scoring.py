@@ -31,7 +31,7 @@ from benchmarks import common
 from wavefield_jax import plots
 
 MODULE = "benchmarks.scoring"
-CONTEXT_MODELS = ("wave", "selective", "retention", "hybrid", "hybrid_local", "transformer")
+CONTEXT_MODELS = ("wave", "selective", "retention", "hybrid", "hybrid_local64", "transformer")
 CONTEXTS = (64, 256, 1024, 4096, 16384, 65536)
 ATTENTION_MAX_CONTEXT = 8192
 DOCUMENT = "document"
@@ -106,7 +106,7 @@ def measure_throughput(case: dict) -> dict:
   buckets = {scoring.bucket_length(len(c) + len(x) - 1) for c, x in requests}
   return {
     "adapter_tokens_per_s": read / adapter["median_s"],
-    "eval_step_tokens_per_s": weights.sum() / step["median_s"],
+    "eval_step_tokens_per_s": float(weights.sum()) / step["median_s"],
     "compiled": scorer.traces,
     "buckets": len(buckets),
     "requests": len(requests),

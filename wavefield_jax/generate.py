@@ -81,9 +81,12 @@ def make_decoder(model: WaveFieldLM) -> tuple[Callable, Callable]:
   return functools.partial(prefill, state), functools.partial(step, state)
 
 
-# Prompts are prefilled in chunks of this many tokens, one compiled program for any prompt length; the last
-# 1..PREFILL_CHUNK prompt tokens run through the decode loop, which then samples.
-PREFILL_CHUNK = 64
+# The prompt tokens every row has, but the last, are prefilled in chunks whose sizes are powers of two up to
+# LARGEST_PREFILL (at most log2 of it compiled shapes, whatever the prompt length); each row's remaining prompt
+# tokens run through the decode loop, which then samples.
+LARGEST_PREFILL = 1024
+# Padded lengths (attention's KV cache, the loop's prompt buffer) are powers of two from this one up.
+SMALLEST_BUCKET = 64
 # Incremented each time the decode loop is traced: a second call with the same shapes must leave it alone.
 TRACE_COUNT = {"decode": 0, "prefill": 0}
 
@@ -171,9 +174,9 @@ def _decode(
 
 
 def bucket_length(positions: int) -> int:
-  """A padded length for `positions`: a power of two, at least PREFILL_CHUNK, so that attention's
+  """A padded length for `positions`: a power of two, at least SMALLEST_BUCKET, so that attention's
   KV cache, the one cache whose shape depends on it, takes a few shapes."""
-  return max(PREFILL_CHUNK, 1 << (positions - 1).bit_length())
+  return max(SMALLEST_BUCKET, 1 << (positions - 1).bit_length())
 
 
 def generate(
@@ -190,8 +193,9 @@ def generate(
 ) -> jax.Array:
   """Continues each prompt by `max_new_tokens` sampled tokens, in one compiled loop.
 
-  Compiled once per model structure, batch, chunk count and sampling settings: a second call with the same
-  shapes traces nothing, and every token is drawn inside one `lax.while_loop`.
+  The decode loop compiles once per model structure, batch shape and sampling settings, the prefill once per
+  power-of-two chunk size: a second call with the same shapes traces nothing, and every token is drawn inside
+  one `lax.while_loop`.
 
   Args:
     model: the language model.
@@ -218,14 +222,14 @@ def generate(
   lengths = jnp.full((batch,), length, jnp.int32) if prompt_lengths is None else jnp.asarray(prompt_lengths)
   if lengths.shape != (batch,) or not bool(jnp.all((lengths >= 1) & (lengths <= length))):
     raise ValueError(f"prompt_lengths must be [B] = [{batch}] values in 1..{length}; got {prompt_lengths}")
-  # Chunks every row has in full, leaving each at least one token for the loop.
-  chunks = (int(lengths.min()) - 1) // PREFILL_CHUNK
-  prefilled = chunks * PREFILL_CHUNK
   graphdef, state = nnx.split(model)
   structure = Structure(graphdef)
   cache = model.init_cache(batch, bucket_length(length + max_new_tokens))
-  for start in range(0, prefilled, PREFILL_CHUNK):
-    cache = _prefill_chunk(structure, state, cache, prompt[:, start : start + PREFILL_CHUNK])
+  prefilled = 0
+  while (remaining := int(lengths.min()) - 1 - prefilled) > 0:  # leaves each row one token for the loop
+    size = min(LARGEST_PREFILL, 1 << (remaining.bit_length() - 1))
+    cache = _prefill_chunk(structure, state, cache, prompt[:, prefilled : prefilled + size])
+    prefilled += size
   # The rest of each prompt, in a buffer of a bucketed width so that prompt lengths share a program.
   rest = prompt[:, prefilled:]
   width = bucket_length(rest.shape[1])

@@ -29,7 +29,7 @@ def main() -> None:
   def body(f) -> None:
     from wavefield_jax.scoring import score_files
 
-    context = f.context if f.context in (None, "document") else _tokens(f.context)
+    context = int(f.context) if f.context and f.context.isdigit() else f.context  # score_files checks it
     scores = score_files(f.workdir, f.text, f.step, f.batch_size, context)
     if f.json:
       print(json.dumps(scores, indent=1))
@@ -39,12 +39,6 @@ def main() -> None:
       print(f"{r['path']}: {r['loss']:.4f} nats/token, {r['bpb']:.4f} bits/byte ({counts})")
 
   cli.run(body, doc=__doc__)
-
-
-def _tokens(value: str) -> int:
-  if not value.isdigit() or int(value) < 1:
-    raise ValueError(f"--context must be a positive number of tokens or 'document'; got {value!r}")
-  return int(value)
 
 
 if __name__ == "__main__":

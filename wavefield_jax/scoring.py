@@ -73,10 +73,6 @@ class Scorer:
     self._token_scores = functools.partial(token_scores, state)
     self._chunk_scores = functools.partial(chunk_scores, state)
 
-  def window_name(self) -> str:
-    attention = sorted({kind for kind in self.config.model.mixers if kind not in WAVE_FAMILY})
-    return f"the model's {'/'.join(attention)} layers see a window of {self.window} tokens"
-
   def continuations(self, requests: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[float, bool]]:
     """(log p(continuation | context), whether every continuation token is the argmax) per request.
 
@@ -92,8 +88,8 @@ class Scorer:
         whole = np.concatenate([[self.prefix], whole]).astype(np.int32)
       if not self.carries_state and len(whole) - 1 > self.window:
         raise DataError(
-          f"request {index} has {len(whole) - 1} tokens to read; {self.window_name()} (shorten the context or use"
-          " a model of the wave family)"
+          f"request {index} has {len(whole) - 1} tokens to read; {window_description(self.config)}"
+          " (shorten the context or use a model of the wave family)"
         )
       items.append((whole[:-1], whole[1:], len(continuation)))
     return self._score_items(items)
@@ -187,6 +183,12 @@ class Scorer:
     return results
 
 
+def window_description(config: ml_collections.ConfigDict) -> str:
+  """Names the layers that limit a model's reach, and their window (the training length)."""
+  attention = sorted({kind for kind in config.model.mixers if kind not in WAVE_FAMILY})
+  return f"the model's {'/'.join(attention)} layers see a window of {config.data.seq_len} tokens"
+
+
 def _scores(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
   """logits [B, L, V], targets [B, L] -> log p(target) [B, L] and whether target is the argmax [B, L]."""
   logprobs = jax.nn.log_softmax(logits, axis=-1)
@@ -220,13 +222,14 @@ def score_files(
 
   graphdef, params, config, step = load_trained(workdir, step)
   if context == "document" and not all(kind in WAVE_FAMILY for kind in config.model.mixers):
-    scorer = Scorer(graphdef, params, config, batch_size)
-    raise DataError(f"--context document reads a file as one sequence, but {scorer.window_name()}; give --context N")
+    description = window_description(config)
+    raise DataError(f"--context document reads a file as one sequence, but {description}; give --context N")
   if context is not None and context != "document" and (not isinstance(context, int) or context < 1):
     raise DataError(f"--context must be a positive number of tokens or 'document'; got {context!r}")
   tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
   scorer = Scorer(graphdef, params, config, batch_size) if context == "document" else None
   eval_step = None if scorer else make_eval_step(graphdef)
+  token_bytes = jnp.asarray(tokenizer.token_bytes)
   results = []
   for path in paths:
     try:
@@ -240,6 +243,5 @@ def score_files(
       results.append({"path": str(path)} | scorer.document_scores(tokens))
       continue
     windows, weights = input_pipeline.eval_windows(tokens, context or config.data.seq_len)
-    token_bytes = jnp.asarray(tokenizer.token_bytes)
     results.append({"path": str(path)} | evaluate(eval_step, params, windows, weights, token_bytes, batch_size))
   return {"step": step, "context": context or config.data.seq_len, "files": results}

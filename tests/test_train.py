@@ -183,11 +183,10 @@ def test_evaluate_and_sample_commands_on_a_trained_run(tmp_path, text_files):
 
   sample = [sys.executable, "-m", "wavefield_jax.sample", f"--workdir={workdir}", "--prompt=The wave", "--top_k=5"]
   # The command once (its output format); the seed's and temperature's effects in this process.
-  done = subprocess.run(
-    sample + ["--max_new_tokens=12", "--seed=3"], capture_output=True, text=True, cwd=REPO, timeout=300
-  )
+  # Bytes, not text=True: universal newlines would turn a sampled "\r" into "\n".
+  done = subprocess.run(sample + ["--max_new_tokens=12", "--seed=3"], capture_output=True, cwd=REPO, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
-  header, _, text = done.stdout.partition("\n")  # not splitlines: a sampled byte may be \x1c-\x1e or \x85
+  header, _, text = done.stdout.decode("utf-8").partition("\n")  # not splitlines: a byte may be \x1c-\x1e or \x85
   assert header.startswith("--- sample 1 of 1 (step 5, seed 3)")
   text = text.removesuffix("\n")
   assert text.startswith("The wave") and len(text.encode()) >= len("The wave") + 12 - 1  # 12 new bytes

@@ -104,7 +104,7 @@ def compile_step(config, data: int, seq: int):
   shardings = (state_sharding, sharding.batch_sharding(mesh))
   step = make_train_step(built["graphdef"], built["optimizer"], False, shardings)
   batch = jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len + 1), jnp.int32)
-  return step.lower(shapes, batch).compile(), mesh, state_sharding
+  return step.lower(shapes, batch, None, None).compile(), mesh, state_sharding
 
 
 def measure(case: dict) -> dict:

@@ -172,7 +172,7 @@ def test_bad_config_names_the_key(overrides, key):
     WaveFieldLM(model_config(**overrides), rngs=nnx.Rngs(0))
 
 
-def remat_loss(remat: str, length: int, batch: jax.Array):
+def remat_loss(remat: str, length: int, batch: jax.Array, segment_ids: jax.Array):
   config = model_config(
     vocab_size=61, dim=32, num_layers=3, num_heads=4, mlp_dim=96, max_len=length, window=8, remat=remat
   )
@@ -180,7 +180,7 @@ def remat_loss(remat: str, length: int, batch: jax.Array):
   graphdef, params = nnx.split(WaveFieldLM(config, rngs=nnx.Rngs(0)))
 
   def loss(params):
-    return nnx.merge(graphdef, params).token_losses(batch[:, :-1], batch[:, 1:]).mean()
+    return nnx.merge(graphdef, params).token_losses(batch[:, :-1], batch[:, 1:], segment_ids).mean()
 
   return jax.jit(jax.value_and_grad(loss)), params
 
@@ -189,9 +189,10 @@ def remat_loss(remat: str, length: int, batch: jax.Array):
 def test_every_remat_policy_gives_the_same_loss_and_gradients_and_changes_the_compiled_temporaries(rng):
   # A policy that saves nothing different is a bug: each must change what the compiled step keeps.
   batch = jnp.asarray(rng.integers(0, 61, (2, 1025)))
+  segment_ids = jnp.asarray(np.cumsum(rng.random((2, 1024)) < 0.01, axis=1))  # packed documents, kept apart
   results, temporaries = {}, {}
   for policy in ("none", "projections", "full"):
-    fn, params = remat_loss(policy, 1024, batch)
+    fn, params = remat_loss(policy, 1024, batch, segment_ids)
     compiled = fn.lower(params).compile()
     temporaries[policy] = compiled.memory_analysis().temp_size_in_bytes
     results[policy] = compiled(params)

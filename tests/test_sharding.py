@@ -64,7 +64,7 @@ def one_step(mesh, batch, fsdp=False, mixers=("wave", "wave")):
     state = jax.device_put(state, state_sharding)
     shardings = (state_sharding, sharding.batch_sharding(mesh))
   step = make_train_step(graphdef, optimizer, skip_nonfinite=False, shardings=shardings)
-  new_state, metrics = step(state, batch)
+  new_state, metrics = step(state, batch, None, None)
   return float(metrics["loss"]), float(metrics["grad_norm"]), new_state["params"], step, state
 
 
@@ -109,7 +109,7 @@ def test_every_layer_splits_over_seq(rng, mixers):
   flops = {}
   for seq in (1, 8):
     _, _, _, step, state = one_step(sharding.make_mesh(1, seq), batch, mixers=mixers)
-    flops[seq] = step.lower(state, batch).compile().cost_analysis()["flops"]
+    flops[seq] = step.lower(state, batch, None, None).compile().cost_analysis()["flops"]
   assert flops[8] < flops[1] / 4, flops
 
 
@@ -118,7 +118,7 @@ def test_data_parallel_step_has_no_all_gather(rng):
   batch = jnp.asarray(rng.integers(0, 256, (8, 65)), jnp.int32)
   mesh = sharding.make_mesh(8, 1)
   _, _, _, step, state = one_step(mesh, batch)
-  hlo = step.lower(state, batch).compile().as_text()
+  hlo = step.lower(state, batch, None, None).compile().as_text()
   assert "all-reduce" in hlo  # the gradients are summed across devices: the check reads the real program
   assert "all-gather" not in hlo
 
@@ -156,7 +156,7 @@ def sharded_start(mesh, config):
 def train_on(mesh, step, state, batches):
   losses = []
   for batch in batches:
-    state, metrics = step(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
+    state, metrics = step(state, jax.device_put(batch, sharding.batch_sharding(mesh)), None, None)
     losses.append(float(metrics["loss"]))
   return state, losses
 

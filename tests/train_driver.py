@@ -37,10 +37,10 @@ def main(spec: dict) -> None:
     def make_dying_step(*args, **kwargs):
       step = make_train_step(*args, **kwargs)
 
-      def dying_step(state, batch, **kw):
+      def dying_step(state, batch, *rest):
         if int(state["step"]) == kill["step"]:
           kill_self()
-        return step(state, batch, **kw)
+        return step(state, batch, *rest)
 
       return dying_step
 

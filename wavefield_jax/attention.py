@@ -67,10 +67,15 @@ class Attention(nnx.Module):
     positions = start + jnp.arange(length)
     return rotary(q, positions), rotary(k, positions), v, gate
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """[B, L, D] -> [B, L, D], causal over x alone."""
+  def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """[B, L, D] -> [B, L, D], causal over x alone; with segment ids [B, L], within each document only."""
     q, k, v, gate = self._project(x, 0)
-    z = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=self.implementation)
+    if segment_ids is None:
+      z = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=self.implementation)
+    else:
+      index = physics.document_index(segment_ids)  # [B, L]
+      same = index[:, None, :, None] == index[:, None, None, :]  # [B, 1, L, L]: block-diagonal
+      z = jax.nn.dot_product_attention(q, k, v, mask=same, is_causal=True, implementation=self.implementation)
     return self.output(z.reshape(gate.shape), gate)
 
   def prefill(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
@@ -91,7 +96,14 @@ class Attention(nnx.Module):
     return y[:, 0], cache
 
 
-def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, window: int, first_position: jax.Array | int = 0):
+def local_attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  window: int,
+  first_position: jax.Array | int = 0,
+  segment_ids: jax.Array | None = None,
+):
   """Causal softmax attention over the last `window` positions, in blocks: O(S * window), not O(S^2).
 
   Each block of `window` queries attends to the keys of its own block and of the block before it, masked
@@ -103,6 +115,7 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, window: int, first
     v: [B, S, H, K] at the consecutive positions first_position, ..., first_position + S - 1.
     window: W, how many positions each query sees, itself included.
     first_position: the position of the first row (a traced integer in prefill).
+    segment_ids: optional [B, S] document ids: a query sees only the keys of its own document.
 
   Returns:
     [B, S, H, K] in the dtype of v.
@@ -112,8 +125,8 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, window: int, first
   q, k, v = (physics.to_chunks(a, window) for a in (q, k, v))  # [B, N, W, H, K]
   blocks = q.shape[1]  # N
 
-  def with_previous(a):  # [B, N, 2W, H, K]: block n - 1, then block n
-    return jnp.concatenate([jnp.pad(a, ((0, 0), (1, 0), (0, 0), (0, 0), (0, 0)))[:, :-1], a], axis=2)
+  def with_previous(a):  # [B, N, 2W, ...]: block n - 1, then block n
+    return jnp.concatenate([jnp.pad(a, ((0, 0), (1, 0)) + ((0, 0),) * (a.ndim - 2))[:, :-1], a], axis=2)
 
   keys, values = with_previous(k), with_previous(v)
   scores = jnp.einsum("bnqhk,bnshk->bnhqs", q, keys, preferred_element_type=jnp.float32) / math.sqrt(channels)
@@ -121,9 +134,12 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, window: int, first
   query_position = block_start[:, None] + jnp.arange(window)[None, :]  # [N, W]
   key_position = block_start[:, None] - window + jnp.arange(2 * window)[None, :]  # [N, 2W]
   lag = query_position[:, :, None] - key_position[:, None, :]  # [N, W, 2W]
-  visible = (lag >= 0) & (lag < window) & (key_position[:, None, :] >= 0)
+  visible = ((lag >= 0) & (lag < window) & (key_position[:, None, :] >= 0))[None]  # [1, N, W, 2W]
+  if segment_ids is not None:
+    index = physics.to_chunks(physics.document_index(segment_ids), window)  # [B, N, W]
+    visible = visible & (index[:, :, :, None] == with_previous(index)[:, :, None, :])  # [B, N, W, 2W]
   # A finite fill keeps rows with no visible key (queries of an unfilled cache, discarded) free of NaNs.
-  weights = jax.nn.softmax(jnp.where(visible[None, :, None], scores, -1e30), axis=-1)  # [B, N, H, W, 2W]
+  weights = jax.nn.softmax(jnp.where(visible[:, :, None], scores, -1e30), axis=-1)  # [B, N, H, W, 2W]
   out = jnp.einsum("bnhqs,bnshk->bnqhk", weights.astype(values.dtype), values)  # [B, N, W, H, K]
   return physics.from_chunks(out, length)
 
@@ -149,10 +165,10 @@ class LocalAttention(Attention):
     shape = (batch_size, self.window, self.num_heads, self.dim // self.num_heads)
     return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype), "index": jnp.zeros((), jnp.int32)}
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """[B, L, D] -> [B, L, D], causal over x alone."""
+  def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """[B, L, D] -> [B, L, D], causal over x alone; with segment ids [B, L], within each document only."""
     q, k, v, gate = self._project(x, 0)
-    z = local_attention(q, k, v, self.window)
+    z = local_attention(q, k, v, self.window, segment_ids=segment_ids)
     return self.output(z.reshape(gate.shape), gate)
 
   def prefill(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:

@@ -39,8 +39,8 @@ def config_file(argument: str) -> str:
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
 REMAT_POLICIES = ("none", "full", "projections", "offload")
-TOKENIZERS = ("bytes", "gpt2")
-SOURCES = ("shakespeare", "local_text", "wikitext103", "tfds")
+TOKENIZERS = ("bytes", "gpt2", "hf:PATH")  # hf:PATH: a Hugging Face tokenizer.json
+SOURCES = ("shakespeare", "local_text", "wikitext103", "tfds", "prepared")
 # The two-layer models by name, bottom layer first: the small and tiny configs, recall and the tests.
 TWO_LAYER_MIXERS = {
   "wave": ("wave", "wave"),
@@ -158,9 +158,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = model_config()
   config.data = ml_collections.ConfigDict(
     dict(
-      source="shakespeare",  # shakespeare | local_text | wikitext103 | tfds
-      tokenizer="bytes",  # bytes | gpt2
+      source="shakespeare",  # shakespeare | local_text | wikitext103 | tfds | prepared
+      tokenizer="bytes",  # bytes | gpt2 | hf:PATH (a tokenizer.json)
       seq_len=256,
+      document_mask=False,  # keep the documents of a window apart in every mixer (segment ids)
+      prepared_dir="",  # prepared: the output directory of wavefield-prepare
       files=ml_collections.ConfigDict({"train": ""}),  # local_text: {split: glob or [globs]}
       tfds_dir="~/tensorflow_datasets",
       manual_dir="~/tensorflow_datasets/downloads/manual",
@@ -203,8 +205,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks a whole run config once, at start; raises ValueError naming the key."""
   validate_model_config(config.model)
   data, train = config.data, config.train
-  if data.tokenizer not in TOKENIZERS:
+  if data.tokenizer not in TOKENIZERS[:2] and not data.tokenizer.startswith("hf:"):
     raise ValueError(f"data.tokenizer must be one of {TOKENIZERS}; got {data.tokenizer!r}")
+  if data.source == "prepared" and not data.prepared_dir:
+    raise ValueError("data.source='prepared' needs data.prepared_dir: a directory written by wavefield-prepare")
   if data.source not in SOURCES:
     raise ValueError(f"data.source must be one of {SOURCES}; got {data.source!r}")
   _require_int("data.seq_len", data.seq_len, 1)

@@ -14,26 +14,44 @@ import ml_collections
 import numpy as np
 
 from wavefield_jax.sources import SPLITS, DataError, load_documents
-from wavefield_jax.tokenizers import ByteTokenizer, GPT2Tokenizer, get_tokenizer
+from wavefield_jax.tokenizers import Tokenizer, get_tokenizer
 
 
 @dataclasses.dataclass
 class Corpus:
-  """One token stream per split, and how many bytes each token stands for (for bits per byte)."""
+  """One token stream per split, where each of its documents starts, and the tokenizer (whose token
+  lengths in bytes give bits per byte).
+
+  A document starts at the separator that ends the one before it, so its first token is predicted from
+  the separator alone when documents are kept apart (`window_segment_ids`); the first starts at 0.
+  """
 
   tokens: dict[str, np.ndarray]
-  tokenizer: ByteTokenizer | GPT2Tokenizer
+  tokenizer: Tokenizer
+  starts: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+def window_segment_ids(starts, first: np.ndarray, length: int) -> np.ndarray:
+  """Segment ids [N, length] int32 of the windows at positions `first` [N] of a stream whose documents
+  start at `starts`: sorted positions (the number of starts at or before each position, so the ids change
+  at each), or a prepared split, which reads them from its records."""
+  if not isinstance(starts, np.ndarray):
+    return starts.segment_ids(first, length)
+  positions = np.asarray(first)[:, None] + np.arange(length)[None, :]
+  return np.searchsorted(starts, positions, side="right").astype(np.int32)
 
 
 def tokenize(documents: dict[str, list[bytes]], tokenizer, seq_len: int) -> Corpus:
   """Concatenates each split's documents into one stream; every split must fill one window."""
-  tokens = {}
+  tokens, starts = {}, {}
   for split in SPLITS:
     docs = documents.get(split, [])
-    parts = []
+    parts, ends = [], []
     for doc in docs:
       parts.append(tokenizer.encode(doc))
+      ends.append(sum(map(len, parts)))  # the next document starts here, at this one's separator
       parts.append(np.asarray(tokenizer.separator, np.int32))
+    starts[split] = np.asarray([0, *ends[:-1]], np.int64)
     stream = np.concatenate(parts) if parts else np.zeros(0, np.int32)
     if stream.size == 0:
       raise DataError(f"the {split} split is empty: the corpus holds no text for it")
@@ -43,20 +61,41 @@ def tokenize(documents: dict[str, list[bytes]], tokenizer, seq_len: int) -> Corp
         "give more text or lower data.seq_len"
       )
     tokens[split] = stream
-  return Corpus(tokens=tokens, tokenizer=tokenizer)
+  return Corpus(tokens=tokens, tokenizer=tokenizer, starts=starts)
 
 
 def load_corpus(data: ml_collections.ConfigDict) -> Corpus:
-  """The token streams of config.data's source, tokenizer and window length."""
-  return tokenize(load_documents(data), get_tokenizer(data.tokenizer), data.seq_len)
+  """The token streams of config.data's source, tokenizer and window length: held in memory, or for a
+  prepared corpus read from its shards as windows are needed."""
+  tokenizer = get_tokenizer(data.tokenizer)
+  if data.source != "prepared":
+    return tokenize(load_documents(data), tokenizer, data.seq_len)
+  from wavefield_jax.prepare import load_prepared
+
+  splits = load_prepared(data.prepared_dir, tokenizer)
+  for split, stream in splits.items():
+    if stream.size < data.seq_len + 1:
+      raise DataError(
+        f"the prepared {split} split has {stream.size} tokens, fewer than one window of seq_len + 1 ="
+        f" {data.seq_len + 1}; prepare more text or lower data.seq_len"
+      )
+  return Corpus(tokens=dict(splits), tokenizer=tokenizer, starts=dict(splits))
 
 
 def train_dataset(
-  tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1
+  tokens: np.ndarray,  # or a prepared split
+  seq_len: int,
+  batch_size: int,
+  seed: int,
+  shard_index: int = 0,
+  shard_count: int = 1,
+  starts: np.ndarray | None = None,
 ) -> grain.MapDataset:
   """Endless batches [batch_size, seq_len + 1] of windows, reshuffled each epoch, one shard per process.
 
-  Its iterator's `get_state()` / `set_state()` is the data position saved with each checkpoint.
+  With the documents' `starts`, each batch is a pair (windows, segment ids), both [batch_size, seq_len + 1]
+  (`window_segment_ids`). Its iterator's `get_state()` / `set_state()` is the data position saved with
+  each checkpoint.
   """
   num_windows = (tokens.size - 1) // seq_len
   if num_windows // shard_count < 1:
@@ -64,32 +103,45 @@ def train_dataset(
       f"{tokens.size} training tokens make {num_windows} windows of {seq_len}: fewer than the {shard_count} shards"
     )
   windows = grain.MapDataset.range(num_windows)[shard_index::shard_count].shuffle(seed=seed).repeat()
-  windows = windows.map(lambda i: tokens[i * seq_len : i * seq_len + seq_len + 1])
+  if starts is None:
+    windows = windows.map(lambda i: tokens[i * seq_len : i * seq_len + seq_len + 1])
+  else:
+    windows = windows.map(
+      lambda i: (
+        tokens[i * seq_len : i * seq_len + seq_len + 1],
+        window_segment_ids(starts, np.asarray([i * seq_len]), seq_len + 1)[0],
+      )
+    )
   return windows.batch(batch_size, drop_remainder=True)
 
 
-def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def eval_windows(
+  tokens: np.ndarray, seq_len: int, max_windows: int | None = None, starts: np.ndarray | None = None
+) -> tuple[np.ndarray, ...]:
   """Windows covering the stream from its start, each target scored once.
 
   Consecutive windows of seq_len + 1 tokens with stride seq_len; where the stream does not fill the
   last one, that window is aligned to the end of the stream and only its new targets get weight.
 
   Returns:
-    windows [N, seq_len + 1] int32 and weights [N, seq_len] float32 (1 for a scored target).
+    windows [N, seq_len + 1] int32 and weights [N, seq_len] float32 (1 for a scored target), then, given
+    the documents' `starts`, the windows' segment ids [N, seq_len + 1].
   """
   if tokens.size < 2:
     raise DataError(f"cannot score {tokens.size} token(s): at least 2 are needed (one to predict from)")
   targets = tokens.size - 1
   if targets < seq_len:  # shorter than one window: pad and score what is there
     window = np.pad(tokens, (0, seq_len + 1 - tokens.size))[None]
-    return window.astype(np.int32), (np.arange(seq_len) < targets).astype(np.float32)[None]
+    scored = (window.astype(np.int32), (np.arange(seq_len) < targets).astype(np.float32)[None])
+    return scored if starts is None else (*scored, window_segment_ids(starts, np.zeros(1, int), seq_len + 1))
   count = targets // seq_len
-  starts = list(range(0, count * seq_len, seq_len))
+  firsts = list(range(0, count * seq_len, seq_len))  # each window's first position
   weights = [np.ones(seq_len, np.float32)] * count
   if targets % seq_len:
-    starts.append(targets - seq_len)
+    firsts.append(targets - seq_len)
     weights.append((np.arange(seq_len) >= seq_len - targets % seq_len).astype(np.float32))
   if max_windows is not None:
-    starts, weights = starts[:max_windows], weights[:max_windows]
-  index = np.asarray(starts)[:, None] + np.arange(seq_len + 1)[None, :]
-  return tokens[index].astype(np.int32), np.stack(weights)
+    firsts, weights = firsts[:max_windows], weights[:max_windows]
+  index = np.asarray(firsts)[:, None] + np.arange(seq_len + 1)[None, :]
+  scored = (tokens[index].astype(np.int32), np.stack(weights))
+  return scored if starts is None else (*scored, window_segment_ids(starts, np.asarray(firsts), seq_len + 1))

@@ -34,13 +34,17 @@ class WaveParam(nnx.Param):
   optimizer can give them their own learning rate and no weight decay."""
 
 
-def causal_depthwise_conv(x: jax.Array, kernel: jax.Array, history: jax.Array | None = None) -> jax.Array:
+def causal_depthwise_conv(
+  x: jax.Array, kernel: jax.Array, history: jax.Array | None = None, segment_ids: jax.Array | None = None
+) -> jax.Array:
   """Short causal depthwise convolution along the sequence.
 
   Args:
     x: [B, L, C].
     kernel: [W, C]; kernel[j] weighs the input j positions back.
     history: optional [B, W-1, C], the inputs just before x (oldest first); zeros if None.
+    segment_ids: optional [B, L] document ids: a tap that reaches back over a document start reads zero.
+      The history belongs to the document at position 0.
 
   Returns:
     [B, L, C]: y[:, t] = sum_j kernel[j] * x[:, t - j].
@@ -50,7 +54,13 @@ def causal_depthwise_conv(x: jax.Array, kernel: jax.Array, history: jax.Array | 
     history = jnp.zeros((x.shape[0], width - 1, x.shape[2]), x.dtype)
   padded = jnp.concatenate([history.astype(x.dtype), x], axis=1)  # [B, W-1+L, C]
   length = x.shape[1]
-  return sum(kernel[j] * padded[:, width - 1 - j : width - 1 - j + length] for j in range(width))
+  taps = [kernel[j] * padded[:, width - 1 - j : width - 1 - j + length] for j in range(width)]
+  if segment_ids is not None:
+    index = physics.document_index(segment_ids)  # [B, L]
+    index_back = jnp.pad(index, ((0, 0), (width - 1, 0)), mode="edge")  # [B, W-1+L]
+    same = [index == index_back[:, width - 1 - j : width - 1 - j + length] for j in range(width)]
+    taps = [jnp.where(keep[..., None], tap, 0) for keep, tap in zip(same, taps, strict=True)]
+  return sum(taps)
 
 
 def conv_history(x: jax.Array, history: jax.Array) -> jax.Array:
@@ -197,7 +207,9 @@ class WaveFieldMixer(nnx.Module):
       "wave": jnp.zeros((batch_size, self.num_heads, head_dim), jnp.complex64),
     }
 
-  def _sources(self, x: jax.Array, history: jax.Array | None) -> tuple[jax.Array, ...]:
+  def _sources(
+    self, x: jax.Array, history: jax.Array | None, segment_ids: jax.Array | None = None
+  ) -> tuple[jax.Array, ...]:
     """Projections and short conv: q, k, v [B, L, H, K], gate [B, L, D], and the pre-conv qkv [B, L, 3D]."""
     if jnp.ndim(x) != 3 or jnp.shape(x)[2] != self.dim or jnp.shape(x)[1] == 0:
       raise ValueError(
@@ -207,7 +219,7 @@ class WaveFieldMixer(nnx.Module):
     batch, length, _ = x.shape
     projected = checkpoint_name(self.in_proj(x), PROJECTION)  # [B, L, 4D]
     qkv, gate = jnp.split(projected, [3 * self.dim], axis=-1)  # [B, L, 3D], [B, L, D]
-    mixed = causal_depthwise_conv(qkv, self.conv_kernel[...].astype(qkv.dtype), history)
+    mixed = causal_depthwise_conv(qkv, self.conv_kernel[...].astype(qkv.dtype), history, segment_ids)
     q, k, v = (a.reshape(batch, length, self.num_heads, -1) for a in jnp.split(mixed, 3, axis=-1))
     return q, k, v, gate, qkv
 
@@ -215,15 +227,25 @@ class WaveFieldMixer(nnx.Module):
     z = (q * y.astype(q.dtype)).reshape(gate.shape)  # [B, L, D]
     return self.output(z, gate)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """[B, L, D] -> [B, L, D], the parallel convolution (sharded over the mesh if the mixer has one)."""
-    q, k, v, gate, _ = self._sources(x, None)
+  def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """[B, L, D] -> [B, L, D], the parallel convolution (sharded over the mesh if the mixer has one).
+
+    segment_ids: optional [B, L] document ids of a packed row; nothing crosses a document start."""
+    q, k, v, gate, _ = self._sources(x, None, segment_ids)
     u = k * v  # [B, L, H, K]
     if self.mesh is None:
-      y = physics.wave_conv(u, *self.constants(), method=self.method, chunk_size=self.chunk_size)
+      y = physics.wave_conv(
+        u, *self.constants(), method=self.method, chunk_size=self.chunk_size, segment_ids=segment_ids
+      )
     else:
       y = sequence_parallel.sharded_wave_conv(
-        u, *self.constants(), self.mesh, method=self.method, chunk_size=self.chunk_size, axes=self.mesh_axes
+        u,
+        *self.constants(),
+        self.mesh,
+        method=self.method,
+        chunk_size=self.chunk_size,
+        axes=self.mesh_axes,
+        segment_ids=segment_ids,
       )
     return self._readout(q, y, gate)
 
@@ -266,14 +288,20 @@ class SelectiveWaveMixer(WaveFieldMixer):
     """delta [B, L, H] float32 > 0 for the mixer's input x [B, L, D]."""
     return jax.nn.softplus(self.clock(x).astype(jnp.float32))
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    q, k, v, gate, _ = self._sources(x, None)
+  def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    q, k, v, gate, _ = self._sources(x, None, segment_ids)
     delta = self.clock_steps(x)  # [B, L, H]
     if self.mesh is None:
-      y, _ = physics.selective_conv_chunked(k * v, delta, *self.constants(), self.chunk_size)
+      y, _ = physics.selective_conv_chunked(k * v, delta, *self.constants(), self.chunk_size, segment_ids=segment_ids)
     else:
       y = sequence_parallel.sharded_selective_conv(
-        k * v, delta, *self.constants(), self.mesh, chunk_size=self.chunk_size, axes=self.mesh_axes
+        k * v,
+        delta,
+        *self.constants(),
+        self.mesh,
+        chunk_size=self.chunk_size,
+        axes=self.mesh_axes,
+        segment_ids=segment_ids,
       )
     return self._readout(q, y, gate)
 
@@ -314,22 +342,31 @@ class RetentionMixer(WaveFieldMixer):
       "wave": jnp.zeros((batch_size, self.num_heads, head_dim, head_dim), jnp.complex64),
     }
 
-  def queries_keys(self, x: jax.Array, history: jax.Array | None) -> tuple[jax.Array, ...]:
+  def queries_keys(
+    self, x: jax.Array, history: jax.Array | None, segment_ids: jax.Array | None = None
+  ) -> tuple[jax.Array, ...]:
     """q, k / sqrt(K), v [B, L, H, K], the gate [B, L, D] and the pre-conv qkv [B, L, 3D] of x [B, L, D]."""
-    q, k, v, gate, qkv = self._sources(x, history)
+    q, k, v, gate, qkv = self._sources(x, history, segment_ids)
     return q, k / math.sqrt(k.shape[-1]), v, gate, qkv  # scores q . k / sqrt(K), as attention's
 
   def _readout(self, q: jax.Array, y: jax.Array, gate: jax.Array) -> jax.Array:
     del q  # the queries have been read already, in the match
     return self.output(self.head_norm(y.astype(gate.dtype)).reshape(gate.shape), gate)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    q, k, v, gate, _ = self.queries_keys(x, None)
+  def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    q, k, v, gate, _ = self.queries_keys(x, None, segment_ids)
     if self.mesh is None:
-      y, _ = physics.retention_chunked(q, k, v, *self.constants(), self.chunk_size)
+      y, _ = physics.retention_chunked(q, k, v, *self.constants(), self.chunk_size, segment_ids=segment_ids)
     else:
       y = sequence_parallel.sharded_retention(
-        q, k, v, *self.constants(), self.mesh, chunk_size=self.chunk_size, axes=self.mesh_axes
+        q,
+        k,
+        v,
+        *self.constants(),
+        self.mesh,
+        chunk_size=self.chunk_size,
+        axes=self.mesh_axes,
+        segment_ids=segment_ids,
       )
     return self._readout(q, y, gate)
 
@@ -367,19 +404,21 @@ class Block(nnx.Module):
     self.mlp_norm = nnx.RMSNorm(dim, dtype=dtype, rngs=rngs)
     self.mlp = MLP(dim, mlp_dim, dtype=dtype, rngs=rngs)
 
-  def mix(self, x: jax.Array) -> jax.Array:
-    """The first residual branch: x + mixer(norm(x))."""
-    return x + self.mixer(self.mixer_norm(x))
+  def mix(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """The first residual branch: x + mixer(norm(x)), documents apart where segment ids [B, L] are given."""
+    normed = self.mixer_norm(x)
+    return x + (self.mixer(normed) if segment_ids is None else self.mixer(normed, segment_ids=segment_ids))
 
-  def feed_forward(self, x: jax.Array) -> jax.Array:
-    """The second residual branch: x + mlp(norm(x))."""
+  def feed_forward(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """The second residual branch: x + mlp(norm(x)); position-wise, so segment ids change nothing."""
+    del segment_ids
     return x + self.mlp(self.mlp_norm(x))
 
   def _add_mlp(self, x: jax.Array, mixed: jax.Array) -> jax.Array:
     return self.feed_forward(x + mixed)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.feed_forward(self.mix(x))
+  def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    return self.feed_forward(self.mix(x, segment_ids))
 
   def prefill(self, x: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
     mixed, cache = self.mixer.prefill(self.mixer_norm(x), cache)

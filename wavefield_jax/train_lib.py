@@ -160,10 +160,14 @@ def make_optimizer(train: ml_collections.ConfigDict, labels: dict) -> optax.Grad
   return optax.chain(optax.clip_by_global_norm(train.grad_clip), optax.multi_transform(groups, labels))
 
 
-def token_losses(graphdef: nnx.GraphDef, params: dict, batch: jax.Array) -> jax.Array:
-  """Next-token cross entropy in nats, [B, L], for windows batch [B, L + 1]."""
+def token_losses(
+  graphdef: nnx.GraphDef, params: dict, batch: jax.Array, segment_ids: jax.Array | None = None
+) -> jax.Array:
+  """Next-token cross entropy in nats, [B, L], for windows batch [B, L + 1] and, to keep the documents of
+  a window apart, their segment ids [B, L + 1]."""
   model = nnx.merge(graphdef, params)
-  return model.token_losses(batch[:, :-1], batch[:, 1:])
+  inputs_segments = None if segment_ids is None else segment_ids[:, :-1]
+  return model.token_losses(batch[:, :-1], batch[:, 1:], inputs_segments)
 
 
 # XLA's CPU compiler (jaxlib 0.10) hands reductions to YNNPACK fusions, which are many times slower over an
@@ -190,21 +194,26 @@ def make_train_step(
   skip_nonfinite: bool,
   shardings: tuple[Any, Any] | None = None,
 ) -> Callable:
-  """The jitted step: (state, batch [B, L + 1], weights [B, L] or None) -> (state, metrics), state donated.
+  """The jitted step: (state, batch [B, L + 1], weights [B, L] or None, segment_ids [B, L + 1] or None) ->
+  (state, metrics), state donated.
 
   The loss is the mean next-token cross entropy, or its weighted mean where weights are given (e.g. only
-  the answers of a recall task). Metrics: "loss", "grad_norm", "finite". With shardings = (state
-  shardings, batch sharding) the step is compiled for them (see `sharding`); pass weights by keyword.
+  the answers of a recall task); segment ids keep the documents of each window apart. Metrics: "loss",
+  "grad_norm", "finite". With shardings = (state shardings, batch sharding) the step is compiled for them
+  (see `sharding`); the compiled step then takes all four arguments by position (None where absent), as
+  jit takes no keywords with in_shardings.
   """
 
-  def loss_fn(params, batch, weights):
-    losses = token_losses(graphdef, params, batch)  # [B, L]
+  def loss_fn(params, batch, weights, segment_ids):
+    losses = token_losses(graphdef, params, batch, segment_ids)  # [B, L]
     if weights is None:
       return losses.mean()
     return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
-  def step(state: State, batch: jax.Array, weights: jax.Array | None = None) -> tuple[State, dict]:
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, weights)
+  def step(
+    state: State, batch: jax.Array, weights: jax.Array | None = None, segment_ids: jax.Array | None = None
+  ) -> tuple[State, dict]:
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, weights, segment_ids)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
@@ -221,7 +230,7 @@ def make_train_step(
   state_sharding, batch_sharding = shardings
   return jax.jit(
     step,
-    in_shardings=(state_sharding, batch_sharding),
+    in_shardings=(state_sharding, batch_sharding, batch_sharding, batch_sharding),
     out_shardings=(state_sharding, None),
     donate_argnums=0,
     compiler_options=compiler_options(),
@@ -229,26 +238,35 @@ def make_train_step(
 
 
 def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
-  """(params, windows [B, L + 1], weights [B, L], token_bytes [V]) -> (summed nats, summed bytes, tokens)."""
+  """(params, windows [B, L + 1], weights [B, L], token_bytes [V], segment_ids [B, L + 1] or None) ->
+  (summed nats, summed bytes, tokens)."""
 
   @functools.partial(jax.jit, compiler_options=compiler_options())
-  def step(params, windows, weights, token_bytes):
-    losses = token_losses(graphdef, params, windows)
+  def step(params, windows, weights, token_bytes, segment_ids=None):
+    losses = token_losses(graphdef, params, windows, segment_ids)
     return (losses * weights).sum(), (token_bytes[windows[:, 1:]] * weights).sum(), weights.sum()
 
   return step
 
 
 def evaluate(
-  eval_step: Callable, params: dict, windows: np.ndarray, weights: np.ndarray, token_bytes: np.ndarray, batch_size: int
+  eval_step: Callable,
+  params: dict,
+  windows: np.ndarray,
+  weights: np.ndarray,
+  token_bytes: np.ndarray,
+  batch_size: int,
+  segment_ids: np.ndarray | None = None,
 ) -> dict:
-  """Loss per token (nats) and bits per byte over all windows, batch by batch."""
+  """Loss per token (nats) and bits per byte over all windows, batch by batch (documents kept apart where
+  the windows' segment ids are given)."""
   nats = bytes_ = tokens = 0.0
   for start in range(0, len(windows), batch_size):
     w, m = windows[start : start + batch_size], weights[start : start + batch_size]
     pad = batch_size - len(w)  # one compiled shape: pad the last batch with zero-weight windows
     w, m = np.pad(w, ((0, pad), (0, 0))), np.pad(m, ((0, pad), (0, 0)))
-    n, b, t = eval_step(params, w, m, token_bytes)
+    ids = None if segment_ids is None else np.pad(segment_ids[start : start + batch_size], ((0, pad), (0, 0)))
+    n, b, t = eval_step(params, w, m, token_bytes, ids)
     nats, bytes_, tokens = nats + float(n), bytes_ + float(b), tokens + float(t)
   return {"loss": nats / tokens, "bpb": nats / math.log(2) / bytes_, "tokens": int(tokens), "bytes": int(bytes_)}
 
@@ -273,13 +291,18 @@ class Run:
   graphdef: nnx.GraphDef
   state: State
   train_step: Callable
-  batches: Any  # a grain iterator: next() gives this process's [B / processes, L + 1] windows
+  # A grain iterator: next() gives this process's [B / processes, L + 1] windows, or (windows, segment ids)
+  # when documents are kept apart.
+  batches: Any
   to_global: Callable[[np.ndarray], jax.Array]  # this process's windows -> (its part of) the global batch
   checkpointer: Checkpointer
   start: int
 
-  def next_batch(self) -> jax.Array:
-    return self.to_global(next(self.batches))
+  def next_batch(self) -> tuple[jax.Array, jax.Array | None]:
+    """The next global batch [B, L + 1] and its segment ids [B, L + 1] (None unless data.document_mask)."""
+    batch = next(self.batches)
+    windows, ids = batch if isinstance(batch, tuple) else (batch, None)
+    return self.to_global(windows), None if ids is None else self.to_global(ids)
 
   def save(self, step: int, force: bool = False) -> None:
     self.checkpointer.save(step, self.state, self.batches.get_state(), force=force)
@@ -320,6 +343,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: Path, corpus: input_pi
       config.seed,
       jax.process_index(),
       jax.process_count(),
+      corpus.starts["train"] if config.data.document_mask else None,
     )
   )
   checkpointer = Checkpointer(workdir / "checkpoints", keep=train.keep_checkpoints)
@@ -340,16 +364,24 @@ class Evaluator:
 
     self.run, self.train, self.corpus, self.log = run, config.train, corpus, log
     self.eval_step = make_eval_step(run.graphdef)
-    self.windows, self.weights = input_pipeline.eval_windows(
-      corpus.tokens["validation"], config.data.seq_len, self.train.eval_windows or None
+    starts = corpus.starts["validation"] if config.data.document_mask else None
+    self.windows, self.weights, *ids = input_pipeline.eval_windows(
+      corpus.tokens["validation"], config.data.seq_len, self.train.eval_windows or None, starts
     )
+    self.segment_ids = ids[0] if ids else None
     self.token_bytes = jnp.asarray(corpus.tokenizer.token_bytes)
     self.samples_path = log.path.parent / "samples.txt"
 
   def __call__(self, step: int, record: bool = True) -> dict:
     state = self.run.state
     result = evaluate(
-      self.eval_step, state["params"], self.windows, self.weights, self.token_bytes, self.train.batch_size
+      self.eval_step,
+      state["params"],
+      self.windows,
+      self.weights,
+      self.token_bytes,
+      self.train.batch_size,
+      self.segment_ids,
     )
     if record:
       self.log.write({"kind": "eval", "step": step} | result)
@@ -428,7 +460,8 @@ def train_and_evaluate(
   with interrupt_requests() as interrupted, contextlib.closing(run.checkpointer):
     with tqdm(total=train.steps, initial=run.start, desc="train", unit="step", dynamic_ncols=True) as bar:
       for step in range(run.start + 1, train.steps + 1):  # `step`: the step the state reaches
-        run.state, metrics = run.train_step(run.state, run.next_batch())
+        batch, segment_ids = run.next_batch()
+        run.state, metrics = run.train_step(run.state, batch, None, segment_ids)
         log.add(step, metrics)
         bar.update(1)
         if step % train.log_every == 0 or step == train.steps:

@@ -23,7 +23,15 @@ checked) and `_common` (the oscillator, the readout and the chunked form's piece
 """
 
 from wavefield_jax.physics._calls import check_constants, traced_checks
-from wavefield_jax.physics._common import from_chunks, state_decay, to_chunks
+from wavefield_jax.physics._common import (
+  ChunkMasks,
+  chunk_masks,
+  document_index,
+  document_starts,
+  from_chunks,
+  state_decay,
+  to_chunks,
+)
 from wavefield_jax.physics.retention import RETENTION_CHUNK, retention_chunked, retention_step
 from wavefield_jax.physics.selective import (
   SELECTIVE_CHUNK,
@@ -49,12 +57,16 @@ from wavefield_jax.physics.wave import (
 )
 
 __all__ = [
+  "ChunkMasks",
   "MATMUL_CHUNK",
   "METHODS",
   "RETENTION_CHUNK",
   "SELECTIVE_CHUNK",
   "check_constants",
   "check_method",
+  "chunk_masks",
+  "document_index",
+  "document_starts",
   "fft_length",
   "from_chunks",
   "retention_chunked",

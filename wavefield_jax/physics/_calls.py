@@ -172,3 +172,14 @@ def check_state(state, u, real: jnp.dtype) -> jax.Array:
   if jnp.shape(state) != (batch, heads, channels):
     raise ValueError(f"initial_state must have shape [B, H, K] = {(batch, heads, channels)}; got {jnp.shape(state)}")
   return jnp.asarray(state).astype(complex_dtype(real))
+
+
+def check_segments(segment_ids, u) -> jax.Array | None:
+  """Segment ids [B, L] of integers for sources u [B, L, ...] (None: one document per row)."""
+  if segment_ids is None:
+    return None
+  if jnp.shape(segment_ids) != jnp.shape(u)[:2]:
+    raise ValueError(f"segment_ids must have shape [B, L] = {jnp.shape(u)[:2]}; got {jnp.shape(segment_ids)}")
+  if not jnp.issubdtype(jnp.result_type(segment_ids), jnp.integer):
+    raise TypeError(f"segment_ids must be integers; got dtype {jnp.result_type(segment_ids)}")
+  return jnp.asarray(segment_ids)

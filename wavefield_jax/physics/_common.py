@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+from typing import NamedTuple
 
 import chex
 import jax
@@ -147,7 +148,12 @@ def chunk_end_states(x: jax.Array, speed: jax.Array, damping: jax.Array) -> jax.
 
 
 def entering_states(
-  chunk_states: jax.Array, speed: jax.Array, damping: jax.Array, chunk_size: int, initial_state: jax.Array
+  chunk_states: jax.Array,
+  speed: jax.Array,
+  damping: jax.Array,
+  chunk_size: int,
+  initial_state: jax.Array,
+  carries: jax.Array | None = None,
 ) -> jax.Array:
   """The state entering each chunk: s_j = lambda**T s_{j-1} + z_{j-1}, s_0 = initial_state.
 
@@ -160,6 +166,8 @@ def entering_states(
     chunk_states: [B, C, H, K] complex, z_j: the state chunk j leaves from a zero start.
     chunk_size: T.
     initial_state: [B, H, K] complex, the state before the first chunk.
+    carries: optional [B, C] bool, False where a document starts inside the chunk: the state entering it
+      then reaches no further (`ChunkMasks.carries`).
 
   Returns:
     [B, C, H, K] complex: the state entering each chunk.
@@ -172,15 +180,32 @@ def entering_states(
   # Within a group, from a zero start: row r (0..G) sums lambda**(T (r - 1 - q)) z_q over q < r.
   lag = np.arange(group + 1)[:, None] - 1 - np.arange(group)[None, :]  # [G + 1, G]
   within = jnp.where(lag >= 0, hops[:, np.clip(lag, 0, None)], 0)  # [H, G + 1, G]
-  partial = jnp.einsum("hrq,bnqhk->bnrhk", within, z, precision=jax.lax.Precision.HIGHEST)  # [B, N, G+1, H, K]
   hop = hops[None, :, group, None]  # [1, H, 1]: lambda**(T G)
+  if carries is None:
+    partial = jnp.einsum("hrq,bnqhk->bnrhk", within, z, precision=jax.lax.Precision.HIGHEST)  # [B, N, G+1, H, K]
+    through_group, from_group_start = jnp.ones(z.shape[:2], bool), None  # [B, N]
+  else:
+    # starts_before[r]: chunks holding a document start among the group's first r. z_q reaches row r only
+    # when none lies strictly between them, the group's entering state only when none precedes row r.
+    blocked = to_chunks(~carries, group).astype(jnp.int32)  # [B, N, G]
+    starts_before = jnp.pad(jnp.cumsum(blocked, axis=-1), ((0, 0), (0, 0), (1, 0)))  # [B, N, G + 1]
+    reaches = starts_before[:, :, :, None] == starts_before[:, :, None, 1:]  # [B, N, G + 1, G]
+    within = jnp.where(reaches[:, :, None], within, 0)  # [B, N, H, G + 1, G]
+    partial = jnp.einsum("bnhrq,bnqhk->bnrhk", within, z, precision=jax.lax.Precision.HIGHEST)
+    through_group = starts_before[:, :, group] == 0
+    from_group_start = starts_before[:, :, :group] == 0
 
-  def carry(state, group_end):
-    return hop * state + group_end, state
+  def carry(state, inputs):
+    group_end, through = inputs
+    return jnp.where(through[:, None, None], hop * state, 0) + group_end, state
 
-  _, group_entering = jax.lax.scan(carry, initial_state, jnp.moveaxis(partial[:, :, group], 1, 0))  # [N, B, H, K]
-  group_entering = jnp.moveaxis(group_entering, 0, 1)  # [B, N, H, K]
-  entering = hops.T[None, None, :group, :, None] * group_entering[:, :, None] + partial[:, :, :group]
+  scanned = (jnp.moveaxis(partial[:, :, group], 1, 0), jnp.moveaxis(through_group, 1, 0))
+  _, group_entering = jax.lax.scan(carry, initial_state, scanned)  # [N, B, H, K]
+  group_entering = jnp.moveaxis(group_entering, 0, 1)[:, :, None]  # [B, N, 1, H, K]
+  reached = hops.T[None, None, :group, :, None] * group_entering  # [B, N, G, H, K]
+  if from_group_start is not None:
+    reached = jnp.where(from_group_start[..., None, None], reached, 0)
+  entering = reached + partial[:, :, :group]
   entering = from_chunks(entering, num_chunks)
   chex.assert_equal_shape([entering, chunk_states])  # checked when traced; free at run time
   return entering
@@ -200,3 +225,51 @@ def to_chunks(x: jax.Array, size: int, num_chunks: int | None = None) -> jax.Arr
 def from_chunks(x: jax.Array, length: int) -> jax.Array:
   """[B, C, T, ...] -> [B, L, ...], the inverse of `to_chunks` without its padding."""
   return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :length]
+
+
+def document_starts(segment_ids: jax.Array) -> jax.Array:
+  """[B, L] segment ids -> [B, L] bool, True where a document starts after position 0: where the id
+  differs from the one before it (where a scan zeroes its state)."""
+  return jnp.pad(segment_ids[:, 1:] != segment_ids[:, :-1], ((0, 0), (1, 0)))
+
+
+def document_index(segment_ids: jax.Array) -> jax.Array:
+  """[B, L] segment ids -> [B, L] int32 counting the document starts up to each position (0 for the first
+  document of a row). A position starts a document where its id differs from the one before it, so ids
+  need only change at the starts: [7, 7, 3, 3, 7] is three documents."""
+  return jnp.cumsum(document_starts(segment_ids), axis=1, dtype=jnp.int32)
+
+
+class ChunkMasks(NamedTuple):
+  """Where a chunked form lets nothing cross a document start, for chunks of T positions.
+
+  same: [B, C, T, T] bool, positions t and s in one document: the chunk's own field is masked by it.
+  to_end: [B, C, T] bool, s in the document the chunk ends in: only those sources enter the state it leaves.
+  from_entry: [B, C, T] bool, t still in the document open when the chunk began: only those positions read
+    the state entering it.
+  carries: [B, C] bool, no document starts inside the chunk: the entering state passes through it whole.
+  """
+
+  same: jax.Array
+  to_end: jax.Array
+  from_entry: jax.Array
+  carries: jax.Array
+
+
+def chunk_masks(segment_ids: jax.Array, chunk_size: int) -> ChunkMasks:
+  """The masks of `ChunkMasks` for segment ids [B, L] and chunks of `chunk_size` positions.
+
+  Positions after L (the chunks' padding) continue the last document: they start nothing. A state entering
+  the first chunk (from a cache or another device) belongs to the document at position 0."""
+  index = document_index(segment_ids)
+  length = index.shape[1]
+  num_chunks = -(-length // chunk_size)
+  index = jnp.pad(index, ((0, 0), (0, num_chunks * chunk_size - length)), mode="edge")
+  index = index.reshape(index.shape[0], num_chunks, chunk_size)  # [B, C, T]
+  entry = jnp.concatenate([index[:, :1, 0], index[:, :-1, -1]], axis=1)  # [B, C]: the document open before
+  return ChunkMasks(
+    same=index[..., :, None] == index[..., None, :],
+    to_end=index == index[..., -1:],
+    from_entry=index == entry[..., None],
+    carries=index[..., -1] == entry,
+  )

@@ -5,9 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from wavefield_jax.physics._calls import check_constants, check_sources, complex_dtype, one_program
+from wavefield_jax.physics._calls import check_constants, check_segments, check_sources, complex_dtype, one_program
 from wavefield_jax.physics._common import (
   carried_response,
+  chunk_masks,
   entering_states,
   from_chunks,
   norm,
@@ -73,6 +74,7 @@ def retention_chunked(
   phase: jax.Array,
   chunk_size: int = RETENTION_CHUNK,
   initial_state: jax.Array | None = None,
+  segment_ids: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """The content-addressed wave field by chunks: exact, O(L (T + K) K) time, a [K, V] state per head.
 
@@ -85,35 +87,48 @@ def retention_chunked(
     phase: [H] phase, radians.
     chunk_size: T, positions per chunk; L need not be a multiple of it.
     initial_state: optional [B, H, K, V] complex state from positions before q.
+    segment_ids: optional [B, L] document ids: nothing crosses a position whose id differs from the one
+      before it (`physics.wave_conv`). The initial state belongs to the document at position 0.
 
   Returns:
     y: [B, L, H, V] in the dtype of v, y[b, t, h] = sum_{s <= t} k_h(t - s) (q_t . k_s) v_s, and the
     [B, H, K, V] complex state after the last position: sum_s lambda**(L - 1 - s) k_s v_s^T.
   """
   speed, damping, phase = _check_retention(q, k, v, speed, damping, phase)
+  segment_ids = check_segments(segment_ids, q)
   chunk_size = check_method("matmul", chunk_size, q.shape[1])[1]
+  masks = None if segment_ids is None else chunk_masks(segment_ids, chunk_size)
   batch, length, heads, channels = q.shape
   qc, kc, vc = (to_chunks(a.astype(speed.dtype), chunk_size) for a in (q, k, v))  # [B, C, T, H, .]
   num_chunks = qc.shape[1]
   precision = jax.lax.Precision.HIGHEST
   field = wave_field(speed, damping, phase, chunk_size)  # [H, T, T]
+  if masks is not None:
+    field = jnp.where(masks.same[:, :, None], field, 0)  # [B, C, H, T, T]
   scores = jnp.einsum("bcthk,bcshk->bchts", qc, kc, precision=precision) * field  # [B, C, H, T, T]
   local = jnp.einsum("bchts,bcshv->bcthv", scores, vc, precision=precision)  # [B, C, T, H, V]
 
-  chunk_states = _matrix_states(kc, vc, speed, damping)  # [B, C, H, K, V]
+  ending = kc if masks is None else jnp.where(masks.to_end[..., None, None], kc, 0)  # the last document's keys
+  chunk_states = _matrix_states(ending, vc, speed, damping)  # [B, C, H, K, V]
   initial_state = _check_matrix_state(initial_state, q, v, speed.dtype)
   flat = chunk_states.reshape(batch, num_chunks, heads, -1)  # [B, C, H, K*V]: one state per (k, v) pair
-  entering = entering_states(flat, speed, damping, chunk_size, initial_state.reshape(batch, heads, -1))
+  carries = None if masks is None else masks.carries
+  entering = entering_states(flat, speed, damping, chunk_size, initial_state.reshape(batch, heads, -1), carries)
   entering = entering.reshape(chunk_states.shape)  # [B, C, H, K, V]
   read = [jnp.einsum("bcthk,bchkv->bcthv", qc, part(entering), precision=precision) for part in (jnp.real, jnp.imag)]
   response = carried_response(speed, damping, phase, chunk_size).T[:, :, None]  # [T, H, 1]
   incoming = jnp.real(response) * read[0] - jnp.imag(response) * read[1]  # [B, C, T, H, V]
+  if masks is not None:
+    incoming = jnp.where(masks.from_entry[..., None, None], incoming, 0)
   y = from_chunks(local + incoming, length)
 
   # The state after the real last position, not after the zero padding that follows it.
   tail = length - (num_chunks - 1) * chunk_size
-  tail_states = _matrix_states(kc[:, -1:, :tail], vc[:, -1:, :tail], speed, damping)[:, 0]  # [B, H, K, V]
-  final_state = state_decay(speed, damping, tail)[None, :, None, None] * entering[:, -1] + tail_states
+  tail_states = _matrix_states(ending[:, -1:, :tail], vc[:, -1:, :tail], speed, damping)[:, 0]  # [B, H, K, V]
+  tail_hop = state_decay(speed, damping, tail)[None, :, None, None] * entering[:, -1]
+  if masks is not None:
+    tail_hop = jnp.where(masks.carries[:, -1, None, None, None], tail_hop, 0)
+  final_state = tail_hop + tail_states
   return y.astype(v.dtype), final_state
 
 

@@ -6,8 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wavefield_jax.physics._calls import check_constants, check_sources, check_state, check_values, one_program
-from wavefield_jax.physics._common import from_chunks, norm, readout, rotation, to_chunks
+from wavefield_jax.physics._calls import (
+  check_constants,
+  check_segments,
+  check_sources,
+  check_state,
+  check_values,
+  one_program,
+)
+from wavefield_jax.physics._common import chunk_masks, document_starts, from_chunks, norm, readout, rotation, to_chunks
 from wavefield_jax.physics.wave import check_method
 
 # The selective wave (docs/design.md, section 7): each head's clock runs at a data-dependent rate
@@ -64,6 +71,7 @@ def selective_conv_chunked(
   phase: jax.Array,
   chunk_size: int = SELECTIVE_CHUNK,
   initial_state: jax.Array | None = None,
+  segment_ids: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """The selective wave field by chunks: exact, O(L T) time, the complex state carried across chunks.
 
@@ -77,12 +85,16 @@ def selective_conv_chunked(
     phase: [H] phase, radians.
     chunk_size: T, positions per chunk; L need not be a multiple of it.
     initial_state: optional [B, H, K] complex state from positions before u.
+    segment_ids: optional [B, L] document ids: nothing crosses a position whose id differs from the one
+      before it (`physics.wave_conv`). The initial state belongs to the document at position 0.
 
   Returns:
     y: [B, L, H, K] in the dtype of u, and the [B, H, K] complex state after the last position.
   """
   speed, damping, phase = _check_selective(u, delta, speed, damping, phase)
+  segment_ids = check_segments(segment_ids, u)
   chunk_size = check_method("matmul", chunk_size, u.shape[1])[1]
+  masks = None if segment_ids is None else chunk_masks(segment_ids, chunk_size)
   batch, length, heads, channels = u.shape
   # A zero step with a zero source after the end leaves the state as it is: the padding changes nothing.
   clock = to_chunks(delta.astype(speed.dtype), chunk_size)  # [B, C, T, H]
@@ -93,14 +105,19 @@ def selective_conv_chunked(
   elapsed = segment_sum(jnp.moveaxis(clock, 2, -1))  # [B, C, H, T, T]: clock time from s to t
   causal = np.tril(np.ones((chunk_size, chunk_size), bool))
   # The masked entries are zeroed after the exp, and their elapsed time is 0, so no inf reaches a gradient.
+  if masks is not None:
+    causal = causal & masks.same[:, :, None]  # [B, C, 1, T, T]
   field = jnp.where(causal, jnp.exp(-g * elapsed) * jnp.cos(c * elapsed + phase[:, None, None]), 0)
   local = jnp.einsum("bchts,bcshk->bcthk", field, x, precision=jax.lax.Precision.HIGHEST)  # [B, C, T, H, K]
 
   to_end = _clock_decay(c[..., 0], g[..., 0], elapsed[..., -1, :])  # [B, C, H, T]: from s to the chunk's end
   parts = jnp.stack([jnp.real(to_end), jnp.imag(to_end)], axis=-1)  # [B, C, H, T, 2]
-  ends = jnp.einsum("bchsr,bcshk->bcrhk", parts, x, precision=jax.lax.Precision.HIGHEST)  # [B, C, 2, H, K]
+  ending = x if masks is None else jnp.where(masks.to_end[..., None, None], x, 0)  # the last document's sources
+  ends = jnp.einsum("bchsr,bcshk->bcrhk", parts, ending, precision=jax.lax.Precision.HIGHEST)  # [B, C, 2, H, K]
   chunk_states = jax.lax.complex(ends[:, :, 0], ends[:, :, 1])  # [B, C, H, K]: each chunk's from zero
   chunk_decay = _clock_decay(speed, damping, clock.sum(axis=2))[..., None]  # [B, C, H, 1]
+  if masks is not None:
+    chunk_decay = jnp.where(masks.carries[..., None, None], chunk_decay, 0)
 
   initial_state = check_state(initial_state, u, speed.dtype)
   chunk_states = chunk_states.at[:, 0].add(chunk_decay[:, 0] * initial_state)
@@ -113,6 +130,8 @@ def selective_conv_chunked(
   since_start = jnp.cumsum(clock, axis=2)  # [B, C, T, H]: short sums inside one chunk
   response = _clock_decay(speed, damping, since_start) * rotation(phase)  # [B, C, T, H]
   incoming = readout(response, entering)  # [B, C, T, H, K]
+  if masks is not None:
+    incoming = jnp.where(masks.from_entry[..., None, None], incoming, 0)
   y = from_chunks(local + incoming, length)
   return y.astype(u.dtype), after[:, -1]
 
@@ -159,22 +178,28 @@ def selective_scan(
   damping: jax.Array,
   phase: jax.Array,
   initial_state: jax.Array | None = None,
+  segment_ids: jax.Array | None = None,
 ) -> jax.Array:
   """The same y as `selective_conv_chunked`, by the recurrence one position at a time (lax.scan).
 
   Args:
     u: [B, L, H, K].
     delta: [B, L, H]; speed, damping, phase: [H].
+    segment_ids: optional [B, L] document ids: the state is zeroed where a document starts.
 
   Returns:
     [B, L, H, K] in the dtype of u.
   """
   speed, damping, phase = _check_selective(u, delta, speed, damping, phase)
   initial_state = check_state(initial_state, u, speed.dtype)
+  segment_ids = check_segments(segment_ids, u)
+  resets = jnp.zeros(u.shape[:2], bool) if segment_ids is None else document_starts(segment_ids)
 
   def step(state, inputs):
-    y_t, state = selective_step(state, *inputs, speed, damping, phase)
+    u_t, delta_t, reset_t = inputs
+    y_t, state = selective_step(jnp.where(reset_t[:, None, None], 0, state), u_t, delta_t, speed, damping, phase)
     return state, y_t
 
-  _, y = jax.lax.scan(step, initial_state, (jnp.moveaxis(u, 1, 0), jnp.moveaxis(delta, 1, 0)))  # [L, B, H, K]
+  inputs = tuple(jnp.moveaxis(a, 1, 0) for a in (u, delta, resets))
+  _, y = jax.lax.scan(step, initial_state, inputs)  # [L, B, H, K]
   return jnp.moveaxis(y, 0, 1).astype(u.dtype)

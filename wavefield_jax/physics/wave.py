@@ -10,10 +10,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wavefield_jax.physics._calls import check_constants, check_length, check_sources, check_state, one_program
+from wavefield_jax.physics._calls import (
+  check_constants,
+  check_length,
+  check_segments,
+  check_sources,
+  check_state,
+  one_program,
+)
 from wavefield_jax.physics._common import (
   carried_response,
   chunk_end_states,
+  chunk_masks,
+  document_starts,
   entering_states,
   from_chunks,
   norm,
@@ -135,6 +144,7 @@ def wave_conv(
   *,
   method: str = "auto",
   chunk_size: int | None = None,
+  segment_ids: jax.Array | None = None,
 ) -> jax.Array:
   """Causal wave-field convolution along the sequence.
 
@@ -153,6 +163,9 @@ def wave_conv(
     phase: [H] phase, radians.
     method: "auto", "fft" or "matmul".
     chunk_size: positions per chunk (see `method`).
+    segment_ids: optional [B, L] integers, one value per document of a packed row: nothing crosses a
+      position whose id differs from the one before it. The FFT cannot skip a start, so "fft" then runs
+      as "matmul" (its chunk size unless given).
 
   Returns:
     [B, L, H, K] in the dtype of u: y[b, t, h] = sum_{s <= t} k_h(t - s) u[b, s, h].
@@ -170,9 +183,11 @@ def wave_conv(
   speed, damping, phase = check_constants(speed, damping, phase, u)
   check_sources(u, speed.shape[0])
   length = u.shape[1]
+  if segment_ids is not None and method == "fft":
+    method = "matmul"
   method, chunk_size = check_method(method, chunk_size, length)
   if method == "matmul" or chunk_size < length:
-    y, _ = wave_conv_chunked(u, speed, damping, phase, chunk_size, method=method)
+    y, _ = wave_conv_chunked(u, speed, damping, phase, chunk_size, method=method, segment_ids=segment_ids)
     return y
   kernel = wave_kernel(speed, damping, phase, length)  # [H, L]
   y = _causal_fft_conv(_heads_last(u.astype(kernel.dtype)), kernel, fft_length(length))
@@ -223,13 +238,16 @@ def state_response(state: jax.Array, speed: jax.Array, damping: jax.Array, phase
   return readout(carried_response(speed, damping, phase, length), state[:, None])[:, 0]
 
 
-def _local_conv(x: jax.Array, speed, damping, phase, method: str, matmul_dtype: jnp.dtype) -> jax.Array:
+def _local_conv(
+  x: jax.Array, speed, damping, phase, method: str, matmul_dtype: jnp.dtype, same: jax.Array | None
+) -> jax.Array:
   """The convolution inside each chunk, from a zero state.
 
   Args:
     x: [B, C, T, H, K] chunks of sources, float32 (float64 under x64).
     method: "fft" or "matmul".
     matmul_dtype: the operand dtype of the matmul (bfloat16 feeds matrix units at full rate).
+    same: optional [B, C, T, T] bool, t and s in one document (`ChunkMasks.same`); "matmul" only.
 
   Returns:
     [B, C, T, H, K] in the dtype of x.
@@ -241,8 +259,13 @@ def _local_conv(x: jax.Array, speed, damping, phase, method: str, matmul_dtype: 
   field = wave_field(speed, damping, phase, chunk_size)  # [H, T, T]: field[h, t, s] = k_h(t - s)
   # float32 operands at full float32 precision: TPUs and GPUs otherwise round them to bf16 / tf32.
   precision = jax.lax.Precision.DEFAULT if matmul_dtype == jnp.bfloat16 else jax.lax.Precision.HIGHEST
-  operands = field.astype(matmul_dtype), x.astype(matmul_dtype)
-  return jnp.einsum("hts,bcshk->bcthk", *operands, precision=precision, preferred_element_type=x.dtype)
+  if same is None:
+    operands = field.astype(matmul_dtype), x.astype(matmul_dtype)
+    return jnp.einsum("hts,bcshk->bcthk", *operands, precision=precision, preferred_element_type=x.dtype)
+  field = jnp.where(same[:, :, None], field, 0).astype(matmul_dtype)  # [B, C, H, T, T]
+  return jnp.einsum(
+    "bchts,bcshk->bcthk", field, x.astype(matmul_dtype), precision=precision, preferred_element_type=x.dtype
+  )
 
 
 @one_program("chunk_size", "method")
@@ -255,6 +278,7 @@ def wave_conv_chunked(
   initial_state: jax.Array | None = None,
   *,
   method: str = "auto",
+  segment_ids: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """The state-carrying form: each chunk convolved on its own, the complex state carried across chunks.
 
@@ -269,30 +293,43 @@ def wave_conv_chunked(
     chunk_size: T, positions per chunk; None for the method's default (all of L for "fft", 32 for "matmul").
     initial_state: optional [B, H, K] complex state from positions before u (e.g. another device).
     method: "auto", "fft" or "matmul": how each chunk is convolved (see `wave_conv`).
+    segment_ids: optional [B, L] document ids (see `wave_conv`); "fft" then runs as "matmul". The
+      initial state belongs to the document at position 0.
 
   Returns:
     y: [B, L, H, K] in the dtype of u, and the [B, H, K] complex64 state after the last position.
   """
   speed, damping, phase = check_constants(speed, damping, phase, u)
   check_sources(u, speed.shape[0])
+  segment_ids = check_segments(segment_ids, u)
   batch, length, heads, channels = u.shape
+  if segment_ids is not None and method == "fft":
+    method, chunk_size = "matmul", None if chunk_size == length else chunk_size
   method, chunk_size = check_method(method, chunk_size, length)
+  masks = None if segment_ids is None else chunk_masks(segment_ids, chunk_size)
   x = to_chunks(u.astype(speed.dtype), chunk_size)  # [B, C, T, H, K]
   num_chunks = x.shape[1]
   matmul_dtype = jnp.bfloat16 if u.dtype == jnp.bfloat16 else x.dtype
-  local = _local_conv(x, speed, damping, phase, method, matmul_dtype)  # [B, C, T, H, K]
-  local_states = chunk_end_states(x, speed, damping)  # [B, C, H, K]
+  same = None if masks is None else masks.same
+  local = _local_conv(x, speed, damping, phase, method, matmul_dtype, same)  # [B, C, T, H, K]
+  ending = x if masks is None else jnp.where(masks.to_end[..., None, None], x, 0)  # the last document's sources
+  local_states = chunk_end_states(ending, speed, damping)  # [B, C, H, K]
 
   initial_state = check_state(initial_state, u, speed.dtype)
-  entering = entering_states(local_states, speed, damping, chunk_size, initial_state)  # [B, C, H, K]
+  carries = None if masks is None else masks.carries
+  entering = entering_states(local_states, speed, damping, chunk_size, initial_state, carries)  # [B, C, H, K]
   incoming = readout(carried_response(speed, damping, phase, chunk_size), entering)  # [B, C, T, H, K]
+  if masks is not None:
+    incoming = jnp.where(masks.from_entry[..., None, None], incoming, 0)
   chex.assert_equal_shape([local, incoming, x])
   y = from_chunks(local + incoming, length)
   # The state after the real last position, not after the zero padding that follows it.
   tail = length - (num_chunks - 1) * chunk_size
-  tail_hop = state_decay(speed, damping, tail)  # [H]: lambda**tail
-  tail_sources = u[:, (num_chunks - 1) * chunk_size :]  # [B, tail, H, K]
-  final_state = tail_hop[None, :, None] * entering[:, -1] + wave_state(tail_sources, speed, damping)
+  tail_hop = state_decay(speed, damping, tail)[None, :, None] * entering[:, -1]  # [B, H, K]: lambda**tail s
+  tail_sources = ending[:, -1, :tail]  # [B, tail, H, K]
+  if masks is not None:
+    tail_hop = jnp.where(masks.carries[:, -1, None, None], tail_hop, 0)
+  final_state = tail_hop + wave_state(tail_sources, speed, damping)
   return y.astype(u.dtype), final_state
 
 
@@ -330,6 +367,7 @@ def wave_scan(
   damping: jax.Array,
   phase: jax.Array,
   initial_state: jax.Array | None = None,
+  segment_ids: jax.Array | None = None,
 ) -> jax.Array:
   """The same y as `wave_conv`, by running the recurrence one position at a time (lax.scan).
 
@@ -339,6 +377,7 @@ def wave_scan(
     damping: [H] damping, the inverse decay length (> 0).
     phase: [H] phase, radians.
     initial_state: optional [B, H, K] complex state from before the first position.
+    segment_ids: optional [B, L] document ids: the state is zeroed where a document starts.
 
   Returns:
     [B, L, H, K] in the dtype of u.
@@ -346,10 +385,14 @@ def wave_scan(
   speed, damping, phase = check_constants(speed, damping, phase, u)
   check_sources(u, speed.shape[0])
   initial_state = check_state(initial_state, u, speed.dtype)
+  segment_ids = check_segments(segment_ids, u)
+  resets = jnp.zeros(u.shape[:2], bool) if segment_ids is None else document_starts(segment_ids)
 
-  def step(state, u_t):
-    y_t, state = wave_step(state, u_t, speed, damping, phase)
+  def step(state, inputs):
+    u_t, reset_t = inputs
+    y_t, state = wave_step(jnp.where(reset_t[:, None, None], 0, state), u_t, speed, damping, phase)
     return state, y_t
 
-  _, y = jax.lax.scan(step, initial_state, jnp.moveaxis(u.astype(speed.dtype), 1, 0))  # y: [L, B, H, K]
+  inputs = (jnp.moveaxis(u.astype(speed.dtype), 1, 0), jnp.moveaxis(resets, 1, 0))
+  _, y = jax.lax.scan(step, initial_state, inputs)  # y: [L, B, H, K]
   return jnp.moveaxis(y, 0, 1).astype(u.dtype)

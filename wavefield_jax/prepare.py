@@ -1,0 +1,423 @@
+"""Tokenize a corpus once into ArrayRecord shards that training streams by random access.
+
+  wavefield-prepare INPUT... --output DIR --tokenizer NAME [--workers N] [--text-key KEY] [--column NAME]
+      [--split-fractions 0.9,0.05,0.05] [--seed S]
+
+An INPUT is a text file (one document), a JSONL file (one document per line, its `--text-key`), a Parquet
+file (one document per row of `--column`), or `tfds:NAME[:SPLIT]` (a prepared TFDS dataset, its
+`--text-key` feature); `SPLIT=INPUT` puts all its documents in that split. Other documents go to a split
+chosen by a hash of their text and the seed, so a document's split depends on nothing else.
+
+Each input is one unit of work: a worker process streams its documents, tokenizes them and writes one
+shard per split, `{split}-{unit}.array_record`, under a temporary name renamed when complete, then the
+unit's record `{unit}.json`. A rerun skips the units that have one, so a killed run loses at most the
+units in flight and writes no document twice. `manifest.json` is written last:
+
+  {"tokenizer": ..., "tokenizer_sha256": ..., "block_tokens": 4096, "dtype": "uint16", "separator": [...],
+   "splits": {"train": {"tokens": N, "documents": M, "shards": [{"file", "tokens", "documents", "bytes",
+   "sha256"}, ...]}, "validation": ..., "test": ...}}
+
+A record holds up to `block_tokens` tokens of the split's stream and where documents begin in it
+(`encode_block`); a document is its tokens followed by the tokenizer's separator. `prepare_unit` is the
+unit of work a distributed engine would run for corpora beyond one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from wavefield_jax.errors import DataError
+from wavefield_jax.tokenizers import get_tokenizer, tokenizer_digest
+
+SPLITS = ("train", "validation", "test")
+BLOCK_TOKENS = 4096  # tokens per record: a training window reads one or two
+MANIFEST = "manifest.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  """One input: where its documents come from and how they are read."""
+
+  index: int
+  source: str  # a path, or tfds:NAME[:SPLIT]
+  split: str | None  # None: each document's split by its hash
+  text_key: str
+  column: str
+
+
+def encode_block(tokens: np.ndarray, begins: list[int], dtype: np.dtype) -> bytes:
+  """A record: [token count, begin count] uint32, the tokens, then the offsets where documents begin."""
+  header = np.asarray([len(tokens), len(begins)], np.uint32)
+  return header.tobytes() + tokens.astype(dtype).tobytes() + np.asarray(begins, np.uint32).tobytes()
+
+
+def decode_block(record: bytes, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens, document begins) of a record written by `encode_block`."""
+  count, begins = np.frombuffer(record[:8], np.uint32)
+  size = np.dtype(dtype).itemsize * int(count)
+  tokens = np.frombuffer(record[8 : 8 + size], dtype)
+  return tokens, np.frombuffer(record[8 + size : 8 + size + 4 * int(begins)], np.uint32)
+
+
+def split_of(text: bytes, seed: int, fractions: tuple[float, ...]) -> str:
+  """The split of a document: where sha256(seed, text) falls among the cumulative fractions."""
+  digest = hashlib.sha256(seed.to_bytes(8, "little") + text).digest()
+  point = int.from_bytes(digest[:8], "little") / 2**64
+  return SPLITS[min(int(np.searchsorted(np.cumsum(fractions), point, side="right")), len(SPLITS) - 1)]
+
+
+def read_documents(unit: Unit) -> Iterator[bytes]:
+  """The documents of one input, streamed; a malformed one is a DataError naming the file and line."""
+  if unit.source.startswith("tfds:"):
+    import tensorflow_datasets as tfds
+
+    name, _, split = unit.source[5:].partition(":")
+    source = tfds.data_source(name, split=split or "train")
+    for i in range(len(source)):
+      yield _as_bytes(source[i][unit.text_key])
+    return
+  path = Path(unit.source)
+  if path.stat().st_size == 0:
+    raise DataError(f"{path} is empty")
+  name = path.name.removesuffix(".gz")
+  opener = gzip.open if path.suffix == ".gz" else open
+  if name.endswith(".jsonl") or name.endswith(".json"):
+    with opener(path, "rb") as f:
+      for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          text = json.loads(line)[unit.text_key]
+        except json.JSONDecodeError as error:
+          raise DataError(f"{path}:{number}: not a JSON line ({error.msg})") from error
+        except (KeyError, TypeError) as error:
+          raise DataError(f"{path}:{number}: no {unit.text_key!r} key (set it with --text-key)") from error
+        yield _as_bytes(text)
+  elif name.endswith(".parquet"):
+    import pyarrow.parquet as pq  # the parquet extra
+
+    table = pq.ParquetFile(path)
+    if unit.column not in table.schema_arrow.names:
+      raise DataError(f"{path} has no column {unit.column!r} (set it with --column); it has {table.schema_arrow.names}")
+    for batch in table.iter_batches(columns=[unit.column], batch_size=1024):
+      yield from (_as_bytes(text) for text in batch.column(0).to_pylist())
+  else:
+    with opener(path, "rb") as f:
+      yield f.read()
+
+
+def file_sha256(path: Path) -> str:
+  digest = hashlib.sha256()
+  with path.open("rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _as_bytes(text) -> bytes:
+  return text if isinstance(text, bytes) else str(text).encode("utf-8")
+
+
+class ShardWriter:
+  """One split's shard of a unit: tokens in records of BLOCK_TOKENS, written under a temporary name."""
+
+  def __init__(self, path: Path, dtype: np.dtype):
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    self.path, self.dtype = path, dtype
+    self.temporary = path.with_name(path.name + ".partial")
+    self.writer = ArrayRecordWriter(str(self.temporary), "group_size:1")
+    self.pending: list[np.ndarray] = []
+    self.pending_tokens, self.begins = 0, []
+    self.tokens = self.documents = 0
+
+  def add(self, tokens: np.ndarray) -> None:
+    """Appends one document (its tokens and separator)."""
+    self.begins.append(self.pending_tokens)
+    self.documents += 1
+    while len(tokens):
+      take = tokens[: BLOCK_TOKENS - self.pending_tokens]
+      self.pending.append(take)
+      self.pending_tokens += len(take)
+      tokens = tokens[len(take) :]
+      if self.pending_tokens == BLOCK_TOKENS:
+        self._flush()
+
+  def _flush(self) -> None:
+    if self.pending_tokens:
+      self.writer.write(encode_block(np.concatenate(self.pending), self.begins, self.dtype))
+      self.tokens += self.pending_tokens
+    self.pending, self.pending_tokens, self.begins = [], 0, []
+
+  def close(self) -> dict | None:
+    """Renames the complete shard into place; its entry in the manifest (None if it holds nothing)."""
+    self._flush()
+    self.writer.close()
+    if not self.documents:
+      self.temporary.unlink()
+      return None
+    digest = file_sha256(self.temporary)
+    os.replace(self.temporary, self.path)
+    return {
+      "file": self.path.name,
+      "tokens": self.tokens,
+      "documents": self.documents,
+      "bytes": self.path.stat().st_size,
+      "sha256": digest,
+    }
+
+
+def prepare_unit(unit: Unit, output: Path, tokenizer_name: str, fractions: tuple[float, ...], seed: int) -> dict:
+  """Tokenizes one input into one shard per split and records it in `{unit}.json`; returns that record.
+
+  Returns:
+    {"unit": index, "source": ..., "shards": {split: shard entry}, "bytes_in": N, "replaced": M}, where
+    `replaced` counts the documents whose bytes were not UTF-8 (decoded with U+FFFD in their place).
+  """
+  tokenizer = get_tokenizer(tokenizer_name)
+  dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
+  separator = np.asarray(tokenizer.separator, np.int32)
+  writers = {split: ShardWriter(output / f"{split}-{unit.index:05d}.array_record", dtype) for split in SPLITS}
+  bytes_in = replaced = 0
+  for text in read_documents(unit):
+    bytes_in += len(text)
+    if tokenizer.name != "bytes":
+      try:
+        text.decode("utf-8")
+      except UnicodeDecodeError:
+        replaced += 1
+    if not text:
+      continue
+    split = unit.split or split_of(text, seed, fractions)
+    writers[split].add(np.concatenate([tokenizer.encode(text), separator]))
+  shards = {split: entry for split, writer in writers.items() if (entry := writer.close()) is not None}
+  record = {"unit": unit.index, "source": unit.source, "shards": shards, "bytes_in": bytes_in, "replaced": replaced}
+  temporary = output / f"{unit.index:05d}.json.partial"
+  temporary.write_text(json.dumps(record))
+  os.replace(temporary, output / f"{unit.index:05d}.json")
+  return record
+
+
+def _run_unit(arguments) -> dict:
+  return prepare_unit(*arguments)
+
+
+def parse_inputs(inputs: list[str], text_key: str, column: str) -> list[Unit]:
+  """Units of the command's INPUT arguments, in order; a missing file is a DataError."""
+  units = []
+  for index, given in enumerate(inputs):
+    split, _, source = given.partition("=") if given.partition("=")[0] in SPLITS else (None, "", given)
+    if not source.startswith("tfds:") and not Path(source).is_file():
+      raise DataError(f"input {source} is not a file")
+    source = source if source.startswith("tfds:") else str(Path(source).resolve())
+    units.append(Unit(index, source, split, text_key, column))
+  return units
+
+
+def prepare(
+  inputs: list[str],
+  output: str | Path,
+  tokenizer_name: str,
+  *,
+  workers: int = 1,
+  text_key: str = "text",
+  column: str = "text",
+  fractions: tuple[float, float, float] = (0.9, 0.05, 0.05),
+  seed: int = 0,
+) -> dict:
+  """Prepares `inputs` into `output` (resuming a killed run there); returns the manifest."""
+  if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+    raise ValueError(f"split fractions must be three numbers >= 0 that sum to 1; got {fractions}")
+  tokenizer = get_tokenizer(tokenizer_name)  # a bad name or tokenizer file fails here, before any work
+  units = parse_inputs(inputs, text_key, column)
+  output = Path(output).expanduser()
+  output.mkdir(parents=True, exist_ok=True)
+  settings = {"inputs": [dataclasses.asdict(u) for u in units], "tokenizer": tokenizer_name, "seed": seed}
+  settings |= {"fractions": list(fractions), "tokenizer_sha256": tokenizer_digest(tokenizer)}
+  settings_path = output / "settings.json"
+  if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
+    raise DataError(f"{output} holds a preparation with other inputs or settings; give an empty --output")
+  settings_path.write_text(json.dumps(settings, indent=1))
+  for stale in output.glob("*.partial"):  # what a killed run left half written
+    stale.unlink()
+  done = {u.index: json.loads((output / f"{u.index:05d}.json").read_text()) for u in units if _finished(output, u)}
+  todo = [(u, output, tokenizer_name, fractions, seed) for u in units if u.index not in done]
+  with tqdm(total=len(units), initial=len(done), desc="prepare", unit="input", dynamic_ncols=True) as bar:
+    if workers > 1 and len(todo) > 1:
+      with multiprocessing.get_context("spawn").Pool(min(workers, len(todo))) as pool:
+        for record in pool.imap_unordered(_run_unit, todo):
+          done[record["unit"]] = record
+          bar.update(1)
+    else:
+      for arguments in todo:
+        record = _run_unit(arguments)
+        done[record["unit"]] = record
+        bar.update(1)
+  return _write_manifest(output, tokenizer, [done[u.index] for u in units])
+
+
+def _finished(output: Path, unit: Unit) -> bool:
+  """A unit is finished when its record exists and every shard it names is in place."""
+  path = output / f"{unit.index:05d}.json"
+  if not path.exists():
+    return False
+  shards = json.loads(path.read_text())["shards"].values()
+  return all((output / shard["file"]).exists() for shard in shards)
+
+
+def _write_manifest(output: Path, tokenizer, records: list[dict]) -> dict:
+  splits = {}
+  for split in SPLITS:
+    shards = [record["shards"][split] for record in records if split in record["shards"]]
+    splits[split] = {
+      "tokens": sum(s["tokens"] for s in shards),
+      "documents": sum(s["documents"] for s in shards),
+      "shards": shards,
+    }
+  manifest = {
+    "tokenizer": tokenizer.name,
+    "tokenizer_sha256": tokenizer_digest(tokenizer),
+    "block_tokens": BLOCK_TOKENS,
+    "dtype": "uint16" if tokenizer.vocab_size <= 2**16 else "uint32",
+    "separator": list(tokenizer.separator),
+    "bytes_in": sum(r["bytes_in"] for r in records),
+    "replaced_documents": sum(r["replaced"] for r in records),
+    "splits": splits,
+  }
+  temporary = output / (MANIFEST + ".partial")
+  temporary.write_text(json.dumps(manifest, indent=1))
+  os.replace(temporary, output / MANIFEST)
+  return manifest
+
+
+class PreparedSplit:
+  """One split of a prepared corpus, read by random access: `tokens[a:b]` (or an integer index array) reads
+  only the records it needs, and `segment_ids(first, length)` gives windows' document ids.
+
+  Nothing the size of the corpus is held: the shards' token counts, and an open reader over them.
+  """
+
+  def __init__(self, directory: Path, manifest: dict, split: str):
+    import grain
+
+    entry = manifest["splits"][split]
+    self.dtype = np.dtype(manifest["dtype"])
+    self.block = manifest["block_tokens"]
+    self.separator_length = len(manifest["separator"])
+    self.size = entry["tokens"]
+    counts = np.asarray([shard["tokens"] for shard in entry["shards"]], np.int64)
+    self.shard_starts = np.concatenate([[0], np.cumsum(counts)])  # [S + 1] token offsets
+    records = -(-counts // self.block)
+    self.record_starts = np.concatenate([[0], np.cumsum(records)])  # [S + 1] record offsets
+    paths = [str(directory / shard["file"]) for shard in entry["shards"]]
+    self.source = grain.sources.ArrayRecordDataSource(paths) if paths else None
+
+  def __len__(self) -> int:
+    return self.size
+
+  def _records(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens [start, stop) and the positions in the split where documents begin among them."""
+    parts, begins = [], []
+    position = start
+    while position < stop:
+      shard = int(np.searchsorted(self.shard_starts, position, side="right")) - 1
+      local = position - self.shard_starts[shard]
+      record = self.record_starts[shard] + local // self.block
+      tokens, record_begins = decode_block(self.source[int(record)], self.dtype)
+      record_start = position - local % self.block  # the split position of the record's first token
+      take = tokens[local % self.block : local % self.block + stop - position]
+      parts.append(take)
+      begins.append(record_start + record_begins.astype(np.int64))
+      position += len(take)
+    begins = np.concatenate(begins) if begins else np.zeros(0, np.int64)
+    return np.concatenate(parts).astype(np.int32), begins
+
+  def __getitem__(self, key) -> np.ndarray:
+    if isinstance(key, slice):
+      start, stop, step = key.indices(self.size)
+      return self._records(start, stop)[0][::step]
+    index = np.asarray(key)
+    low, high = int(index.min()), int(index.max()) + 1
+    return self._records(low, high)[0][index - low]
+
+  def segment_ids(self, first: np.ndarray, length: int) -> np.ndarray:
+    """[N, length] int32 document ids of the windows at `first` [N]: they change where a document starts,
+    at the separator before its first token (as `input_pipeline.Corpus` counts)."""
+    rows = []
+    for start in np.asarray(first):
+      # A document whose first token follows the window can still start at its separator inside it.
+      _, begins = self._records(int(start), min(int(start) + length + self.separator_length, self.size))
+      starts = begins[begins > 0] - self.separator_length
+      rows.append(np.searchsorted(starts, start + np.arange(length), side="right"))
+    return np.asarray(rows, np.int32)
+
+
+def load_prepared(directory: str | Path, tokenizer, verify: bool = True) -> dict[str, PreparedSplit]:
+  """The splits of a prepared corpus, checked against the run's tokenizer and (with `verify`) each shard
+  against its size and sha256; any mismatch is a DataError naming the file."""
+  directory = Path(directory).expanduser()
+  path = directory / MANIFEST
+  if not path.exists():
+    raise DataError(f"{directory} has no {MANIFEST}: prepare it with wavefield-prepare (or let a killed run finish)")
+  manifest = json.loads(path.read_text())
+  if manifest["tokenizer_sha256"] != tokenizer_digest(tokenizer):
+    raise DataError(
+      f"{directory} was prepared with the tokenizer {manifest['tokenizer']!r}, not the config's {tokenizer.name!r}"
+    )
+  shards = [shard for entry in manifest["splits"].values() for shard in entry["shards"]]
+  for shard in tqdm(shards, desc="verify shards", unit="shard", disable=not verify or len(shards) < 8):
+    file = directory / shard["file"]
+    if not file.exists() or file.stat().st_size != shard["bytes"]:
+      size = file.stat().st_size if file.exists() else "missing"
+      raise DataError(f"shard {file} is truncated or missing ({size} bytes, the manifest says {shard['bytes']})")
+    if verify and file_sha256(file) != shard["sha256"]:
+      raise DataError(f"shard {file} was changed on disk: its sha256 differs from the manifest's")
+  return {split: PreparedSplit(directory, manifest, split) for split in SPLITS}
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="wavefield-prepare", description=__doc__.split("\n")[0])
+  parser.add_argument("inputs", nargs="+", metavar="INPUT", help="text, .jsonl, .parquet or tfds:NAME; SPLIT=INPUT")
+  parser.add_argument("--output", required=True, help="the directory of shards and manifest.json")
+  parser.add_argument("--tokenizer", required=True, help="bytes, gpt2 or hf:PATH/tokenizer.json")
+  parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="processes")
+  parser.add_argument("--text-key", default="text", help="the text's key in JSONL lines and TFDS features")
+  parser.add_argument("--column", default="text", help="the text's column in Parquet files")
+  parser.add_argument("--split-fractions", default="0.9,0.05,0.05", help="train,validation,test")
+  parser.add_argument("--seed", type=int, default=0, help="the hash seed that splits documents")
+  args = parser.parse_args(argv)
+  try:
+    fractions = tuple(float(f) for f in args.split_fractions.split(","))
+    manifest = prepare(
+      args.inputs,
+      args.output,
+      args.tokenizer,
+      workers=args.workers,
+      text_key=args.text_key,
+      column=args.column,
+      fractions=fractions,
+      seed=args.seed,
+    )
+  except (DataError, ValueError) as error:
+    print(f"wavefield-prepare: {error}", file=sys.stderr)
+    sys.exit(2)
+  for split, entry in manifest["splits"].items():
+    print(f"{split}: {entry['tokens']:,} tokens, {entry['documents']:,} documents, {len(entry['shards'])} shards")
+  if manifest["replaced_documents"]:
+    print(f"{manifest['replaced_documents']} documents were not UTF-8: their bad bytes became U+FFFD")
+
+
+if __name__ == "__main__":
+  main()

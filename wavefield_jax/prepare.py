@@ -193,15 +193,16 @@ def prepare_unit(unit: Unit, output: Path, tokenizer_name: str, fractions: tuple
   bytes_in = replaced = 0
   for text in read_documents(unit):
     bytes_in += len(text)
-    if tokenizer.name != "bytes":
-      try:
-        text.decode("utf-8")
-      except UnicodeDecodeError:
-        replaced += 1
     if not text:
       continue
     split = unit.split or split_of(text, seed, fractions)
-    writers[split].add(np.concatenate([tokenizer.encode(text), separator]))
+    source = text
+    if tokenizer.name != "bytes":  # decoded once here, so the tokenizer does not decode again
+      try:
+        source = text.decode("utf-8")
+      except UnicodeDecodeError:
+        source, replaced = text.decode("utf-8", errors="replace"), replaced + 1
+    writers[split].add(np.concatenate([tokenizer.encode(source), separator]))
   shards = {split: entry for split, writer in writers.items() if (entry := writer.close()) is not None}
   record = {"unit": unit.index, "source": unit.source, "shards": shards, "bytes_in": bytes_in, "replaced": replaced}
   temporary = output / f"{unit.index:05d}.json.partial"

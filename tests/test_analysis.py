@@ -124,30 +124,34 @@ def test_constant_gradients_equal_autodiff_in_the_physical_values_and_finite_dif
       assert row[f"d_{name}"] == pytest.approx(want, rel=1e-3, abs=1e-7), (row, name)
       assert row[f"{name}_x_grad"] == pytest.approx(values[i][row["head"]] * row[f"d_{name}"], rel=1e-6)
 
-  # The constant the loss is most sensitive to, against a Richardson-extrapolated central difference.
-  row, name = max(((r, n) for r in rows for n in analysis.CONSTANTS), key=lambda rn: abs(rn[0][f"{rn[1]}_x_grad"]))
-  layer, index = int(row["layer"]), analysis.CONSTANTS.index(name)
-
-  def shifted_loss(delta: float) -> float:
+  # The constants the loss is most sensitive to, against a Richardson-extrapolated central difference.
+  def shifted_loss(layer: int, index: int, head: int, delta: float) -> float:
     values = [np.asarray(v, np.float64).copy() for v in physical[layer]]
-    values[index][row["head"]] += delta
+    values[index][head] += delta
     return float(loss(physical | {layer: tuple(values)}))
 
-  def central(h: float) -> float:
-    return (shifted_loss(h) - shifted_loss(-h)) / (2 * h)
-
-  def richardson(h: float) -> float:
+  def richardson(layer: int, index: int, head: int, h: float) -> float:
+    central = lambda h: (shifted_loss(layer, index, head, h) - shifted_loss(layer, index, head, -h)) / (2 * h)  # noqa: E731
     return (4 * central(h / 2) - central(h)) / 3
 
   # A random tiny model can pass a residual close to zero into an RMSNorm, which makes the loss sharply
-  # curved in one constant: shrink the step until two Richardson estimates agree before comparing.
-  h = 0.05 * abs(float(physical[layer][index][row["head"]]))
-  coarse, fine = richardson(h), richardson(h / 4)
-  while abs(coarse - fine) > 0.005 * abs(fine) and h > 1e-3:
-    h /= 4
-    coarse, fine = fine, richardson(h / 4)
-  assert abs(coarse - fine) <= 0.005 * abs(fine), f"finite differences did not converge: {coarse} vs {fine}"
-  assert row[f"d_{name}"] == pytest.approx(fine, rel=0.02), (row, name)
+  # curved in one constant: shrink the step until two Richardson estimates agree; where float32 rounding
+  # stops them agreeing first, the next most sensitive constant is compared instead (three at most).
+  ranked = sorted(((r, n) for r in rows for n in analysis.CONSTANTS), key=lambda rn: -abs(rn[0][f"{rn[1]}_x_grad"]))
+  attempts = []
+  for row, name in ranked[:3]:
+    layer, index, head = int(row["layer"]), analysis.CONSTANTS.index(name), row["head"]
+    h = 0.05 * abs(float(physical[layer][index][head]))
+    coarse, fine = richardson(layer, index, head, h), richardson(layer, index, head, h / 4)
+    while abs(coarse - fine) > 0.005 * abs(fine) and h > 1e-3:
+      h /= 4
+      coarse, fine = fine, richardson(layer, index, head, h / 4)
+    attempts.append((name, coarse, fine))
+    if abs(coarse - fine) <= 0.005 * abs(fine):
+      assert row[f"d_{name}"] == pytest.approx(fine, rel=0.02), (row, name)
+      break
+  else:
+    raise AssertionError(f"finite differences did not converge for any of three constants: {attempts}")
 
 
 def test_inspect_writes_the_report_of_a_trained_workdir(tmp_path, rng):

@@ -251,8 +251,8 @@ def poison(monkeypatch):
   """Makes the loss (and every gradient) NaN for batches that contain the POISON token."""
   token_losses = train_lib.token_losses
 
-  def poisoned(graphdef, params, batch):
-    return token_losses(graphdef, params, batch) * jnp.where(jnp.any(batch == POISON), jnp.nan, 1.0)
+  def poisoned(graphdef, params, batch, segment_ids=None):
+    return token_losses(graphdef, params, batch, segment_ids) * jnp.where(jnp.any(batch == POISON), jnp.nan, 1.0)
 
   monkeypatch.setattr(train_lib, "token_losses", poisoned)
 

@@ -157,7 +157,16 @@ def run_prepare(*args):
   )
 
 
-def test_bad_inputs_are_one_line_and_status_2(rng, tmp_path):
+def prepare_in_process(capsys, *args) -> tuple[int, str]:
+  """The command's exit status and the lines it wrote to stderr other than the progress bar, run here."""
+  with pytest.raises(SystemExit) as exit_info:
+    prepare.main([*map(str, args)])
+    raise SystemExit(0)
+  lines = [line for line in capsys.readouterr().err.splitlines() if line and not line.startswith("prepare:")]
+  return exit_info.value.code, lines
+
+
+def test_bad_inputs_are_one_line_and_status_2(rng, tmp_path, capsys):
   good = write_jsonl(tmp_path / "good.jsonl", random_documents(rng, 20))
   (tmp_path / "empty.txt").write_bytes(b"")
   (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\n{"text": \n')
@@ -172,18 +181,16 @@ def test_bad_inputs_are_one_line_and_status_2(rng, tmp_path):
   ]
   for case, (inputs, tokenizer, message) in enumerate(cases):
     output = tmp_path / f"out_bad{case}"
-    done = run_prepare(*inputs, "--output", output, "--tokenizer", tokenizer, "--workers", "1")
-    assert done.returncode == 2 and message in done.stderr, (message, done.stderr[-500:])
-    errors = [line for line in done.stderr.splitlines() if line and not line.startswith("prepare:")]  # no bar
-    assert errors == [f"wavefield-prepare: {errors[0].split(': ', 1)[1]}"] and "Traceback" not in done.stderr
+    status, lines = prepare_in_process(capsys, *inputs, "--output", output, "--tokenizer", tokenizer, "--workers", 1)
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("wavefield-prepare: ") and message in lines[0]
     assert not (output / prepare.MANIFEST).exists()
 
-  done = run_prepare(good, "--output", tmp_path / "out", "--tokenizer", "bytes", "--workers", "1")
-  assert done.returncode == 0, done.stderr[-2000:]
+  done = run_prepare(good, "--output", tmp_path / "out", "--tokenizer", "bytes", "--workers", "1")  # the command
+  assert done.returncode == 0 and "train:" in done.stdout, done.stderr[-2000:]
   before = helpers.file_digests(tmp_path / "out")
   # Other inputs into a prepared directory: refused, nothing written over.
-  done = run_prepare(good, good, "--output", tmp_path / "out", "--tokenizer", "bytes")
-  assert done.returncode == 2 and "holds a preparation with other inputs" in done.stderr
+  status, lines = prepare_in_process(capsys, good, good, "--output", tmp_path / "out", "--tokenizer", "bytes")
+  assert status == 2 and "holds a preparation with other inputs" in lines[0]
   assert helpers.file_digests(tmp_path / "out") == before
 
   with pytest.raises(DataError, match="prepared with the tokenizer 'bytes', not the config's 'gpt2'"):
@@ -234,3 +241,34 @@ def test_training_reads_a_prepared_corpus_with_documents_apart(rng, tmp_path):
 
   result = train_and_evaluate(config, tmp_path / "run")
   assert result["step"] == 4 and np.isfinite(result["loss"]) and result["tokens"] > 0
+
+
+def test_every_source_is_read_through_a_prepared_cache_made_on_first_use(rng, tmp_path):
+  from wavefield_jax.config import base_config
+  from wavefield_jax.sources import shakespeare_documents
+
+  data = base_config().data
+  data.tfds_dir = str(tmp_path / "tfds")
+  corpus = input_pipeline.load_corpus(data)
+  want = input_pipeline.tokenize(shakespeare_documents(), tokenizers.ByteTokenizer(), data.seq_len)
+  for split in prepare.SPLITS:
+    assert isinstance(corpus.tokens[split], prepare.PreparedSplit)
+    assert np.array_equal(corpus.tokens[split][:], want.tokens[split])
+    first = rng.integers(0, want.tokens[split].size - 300, 20)
+    got, expected = (
+      input_pipeline.window_segment_ids(s, first, 300) for s in (corpus.starts[split], want.starts[split])
+    )
+    assert np.array_equal(np.diff(got) != 0, np.diff(expected) != 0)
+  (cache,) = (tmp_path / "tfds" / "wavefield_prepared").iterdir()
+  written = helpers.file_digests(cache)
+  input_pipeline.load_corpus(data)  # read again, nothing rewritten
+  assert helpers.file_digests(cache) == written
+
+  # local files: a changed file is a new cache, not a stale read.
+  book = tmp_path / "book.txt"
+  book.write_text("".join(f"line {i} {rng.bytes(6).hex()}\n" for i in range(400)))
+  data.source, data.files = "local_text", {"train": str(book)}
+  first_read = input_pipeline.load_corpus(data).tokens["train"][:]
+  book.write_text("".join(f"other {i} {rng.bytes(6).hex()}\n" for i in range(400)))
+  assert not np.array_equal(input_pipeline.load_corpus(data).tokens["train"][:], first_read)
+  assert len(list((tmp_path / "tfds" / "wavefield_prepared").iterdir())) == 3

@@ -1,20 +1,23 @@
 """The input pipeline: token streams per split, grain batches for training, windows for evaluation.
 
-The tokenizer turns each split into one token stream; grain cuts the training stream into windows of
-`seq_len + 1` tokens, shuffles them with a seed (a new order each epoch), shards them by process and
-batches them.
+Every source is read from prepared shards (`prepare`), a corpus's own or a cache its first use writes;
+`tokenize` builds the same streams in memory for callers that bring their own documents. Grain cuts the
+training stream into windows of `seq_len + 1` tokens, shuffles them with a seed (a new order each epoch),
+shards them by process and batches them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from pathlib import Path
 
 import grain
 import ml_collections
 import numpy as np
 
-from wavefield_jax.sources import SPLITS, DataError, load_documents
-from wavefield_jax.tokenizers import Tokenizer, get_tokenizer
+from wavefield_jax.sources import SPLITS, DataError, load_documents, source_stamp
+from wavefield_jax.tokenizers import Tokenizer, get_tokenizer, tokenizer_digest
 
 
 @dataclasses.dataclass
@@ -53,32 +56,43 @@ def tokenize(documents: dict[str, list[bytes]], tokenizer, seq_len: int) -> Corp
       parts.append(np.asarray(tokenizer.separator, np.int32))
     starts[split] = np.asarray([0, *ends[:-1]], np.int64)
     stream = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-    if stream.size == 0:
-      raise DataError(f"the {split} split is empty: the corpus holds no text for it")
-    if stream.size < seq_len + 1:
-      raise DataError(
-        f"the {split} split has {stream.size} tokens, fewer than one training window of seq_len + 1 = {seq_len + 1}; "
-        "give more text or lower data.seq_len"
-      )
+    check_split_size(split, stream.size, seq_len)
     tokens[split] = stream
   return Corpus(tokens=tokens, tokenizer=tokenizer, starts=starts)
 
 
-def load_corpus(data: ml_collections.ConfigDict) -> Corpus:
-  """The token streams of config.data's source, tokenizer and window length: held in memory, or for a
-  prepared corpus read from its shards as windows are needed."""
-  tokenizer = get_tokenizer(data.tokenizer)
-  if data.source != "prepared":
-    return tokenize(load_documents(data), tokenizer, data.seq_len)
-  from wavefield_jax.prepare import load_prepared
+def check_split_size(split: str, size: int, seq_len: int) -> None:
+  """Every split must fill one window of seq_len + 1 tokens; names the split and what to do if not."""
+  if size == 0:
+    raise DataError(f"the {split} split is empty: the corpus holds no text for it")
+  if size < seq_len + 1:
+    raise DataError(
+      f"the {split} split has {size} tokens, fewer than one training window of seq_len + 1 = {seq_len + 1}; "
+      "give more text or lower data.seq_len"
+    )
 
-  splits = load_prepared(data.prepared_dir, tokenizer)
+
+def load_corpus(data: ml_collections.ConfigDict) -> Corpus:
+  """The token streams of config.data's source, tokenizer and window length, read from prepared shards as
+  windows are needed: `data.prepared_dir` for a prepared corpus; for every other source, a cache under
+  `data.tfds_dir` that its first use prepares (`prepare.prepare_documents`), keyed by the source's settings
+  and files and by the tokenizer."""
+  from wavefield_jax.prepare import MANIFEST, load_prepared, prepare_documents
+
+  tokenizer = get_tokenizer(data.tokenizer)
+  if data.source == "prepared":
+    directory = Path(data.prepared_dir).expanduser()
+  else:
+    key = hashlib.sha256((source_stamp(data) + tokenizer_digest(tokenizer)).encode()).hexdigest()[:16]
+    directory = Path(data.tfds_dir).expanduser() / "wavefield_prepared" / f"{data.source}_{key}"
+    if not (directory / MANIFEST).exists():
+      documents = load_documents(data)
+      for split in SPLITS:  # a split without text is named before anything is written
+        check_split_size(split, sum(len(d) for d in documents.get(split, [])), 0)
+      prepare_documents(documents, directory, tokenizer)
+  splits = load_prepared(directory, tokenizer)
   for split, stream in splits.items():
-    if stream.size < data.seq_len + 1:
-      raise DataError(
-        f"the prepared {split} split has {stream.size} tokens, fewer than one window of seq_len + 1 ="
-        f" {data.seq_len + 1}; prepare more text or lower data.seq_len"
-      )
+    check_split_size(split, stream.size, data.seq_len)
   return Corpus(tokens=dict(splits), tokenizer=tokenizer, starts=dict(splits))
 
 

@@ -32,14 +32,14 @@ import json
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from wavefield_jax.errors import DataError
-from wavefield_jax.tokenizers import get_tokenizer, tokenizer_digest
+from wavefield_jax.tokenizers import Tokenizer, get_tokenizer, tokenizer_digest
 
 SPLITS = ("train", "validation", "test")
 BLOCK_TOKENS = 4096  # tokens per record: a training window reads one or two
@@ -137,7 +137,7 @@ class ShardWriter:
     from array_record.python.array_record_module import ArrayRecordWriter
 
     self.path, self.dtype = path, dtype
-    self.temporary = path.with_name(path.name + ".partial")
+    self.temporary = path.with_name(f"{path.name}.{os.getpid()}.partial")
     self.writer = ArrayRecordWriter(str(self.temporary), "group_size:1")
     self.pending: list[np.ndarray] = []
     self.pending_tokens, self.begins = 0, []
@@ -186,29 +186,59 @@ def prepare_unit(unit: Unit, output: Path, tokenizer_name: str, fractions: tuple
     {"unit": index, "source": ..., "shards": {split: shard entry}, "bytes_in": N, "replaced": M}, where
     `replaced` counts the documents whose bytes were not UTF-8 (decoded with U+FFFD in their place).
   """
-  tokenizer = get_tokenizer(tokenizer_name)
+  documents = ((unit.split, text) for text in read_documents(unit))
+  return write_unit(unit.index, unit.source, documents, output, get_tokenizer(tokenizer_name), fractions, seed)
+
+
+def write_unit(
+  index: int,
+  source: str,
+  documents: Iterable[tuple[str | None, bytes]],
+  output: Path,
+  tokenizer: Tokenizer,
+  fractions: tuple[float, ...],
+  seed: int,
+) -> dict:
+  """Writes (split or None, text) documents as the shards of unit `index` and its record (`prepare_unit`)."""
   dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
   separator = np.asarray(tokenizer.separator, np.int32)
-  writers = {split: ShardWriter(output / f"{split}-{unit.index:05d}.array_record", dtype) for split in SPLITS}
+  writers = {split: ShardWriter(output / f"{split}-{index:05d}.array_record", dtype) for split in SPLITS}
   bytes_in = replaced = 0
-  for text in read_documents(unit):
+  for split, text in documents:
     bytes_in += len(text)
     if not text:
       continue
-    split = unit.split or split_of(text, seed, fractions)
-    source = text
+    split = split or split_of(text, seed, fractions)
+    decoded = text
     if tokenizer.name != "bytes":  # decoded once here, so the tokenizer does not decode again
       try:
-        source = text.decode("utf-8")
+        decoded = text.decode("utf-8")
       except UnicodeDecodeError:
-        source, replaced = text.decode("utf-8", errors="replace"), replaced + 1
-    writers[split].add(np.concatenate([tokenizer.encode(source), separator]))
+        decoded, replaced = text.decode("utf-8", errors="replace"), replaced + 1
+    writers[split].add(np.concatenate([tokenizer.encode(decoded), separator]))
   shards = {split: entry for split, writer in writers.items() if (entry := writer.close()) is not None}
-  record = {"unit": unit.index, "source": unit.source, "shards": shards, "bytes_in": bytes_in, "replaced": replaced}
-  temporary = output / f"{unit.index:05d}.json.partial"
-  temporary.write_text(json.dumps(record))
-  os.replace(temporary, output / f"{unit.index:05d}.json")
+  record = {"unit": index, "source": source, "shards": shards, "bytes_in": bytes_in, "replaced": replaced}
+  _write_atomically(output / f"{index:05d}.json", json.dumps(record))
   return record
+
+
+def prepare_documents(documents: dict[str, list[bytes]], output: Path, tokenizer: Tokenizer) -> dict:
+  """A source's documents, already split, written as a prepared corpus of one unit; returns the manifest.
+
+  The in-memory sources (the shipped corpus, local files, WikiText-103, TFDS) are prepared this way into a
+  cache on first use, so every run reads its windows through `PreparedSplit`."""
+  output.mkdir(parents=True, exist_ok=True)
+  pairs = ((split, text) for split in SPLITS for text in documents.get(split, []))
+  record = write_unit(0, "documents", pairs, output, tokenizer, (1.0, 0.0, 0.0), 0)
+  return _write_manifest(output, tokenizer, [record])
+
+
+def _write_atomically(path: Path, text: str) -> None:
+  """Writes under a name of this process's own, then renames: readers see the old file or the whole new one,
+  and two processes preparing the same directory never write one file."""
+  temporary = path.with_name(f"{path.name}.{os.getpid()}.partial")
+  temporary.write_text(text)
+  os.replace(temporary, path)
 
 
 def _run_unit(arguments) -> dict:
@@ -297,9 +327,7 @@ def _write_manifest(output: Path, tokenizer, records: list[dict]) -> dict:
     "replaced_documents": sum(r["replaced"] for r in records),
     "splits": splits,
   }
-  temporary = output / (MANIFEST + ".partial")
-  temporary.write_text(json.dumps(manifest, indent=1))
-  os.replace(temporary, output / MANIFEST)
+  _write_atomically(output / MANIFEST, json.dumps(manifest, indent=1))
   return manifest
 
 

@@ -80,10 +80,7 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, files: dict[str, list[str]], **kwargs):
     self._files = {split: sorted(paths) for split, paths in files.items()}
-    stamp = json.dumps(
-      {s: [(p, Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in ps] for s, ps in self._files.items()}
-    )
-    config = tfds.core.BuilderConfig(name="files_" + hashlib.sha1(stamp.encode()).hexdigest()[:16])
+    config = tfds.core.BuilderConfig(name="files_" + hashlib.sha1(files_stamp(self._files).encode()).hexdigest()[:16])
     super().__init__(config=config, file_format="array_record", **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -146,18 +143,43 @@ def _read_source(source) -> list[bytes]:
   return [np.asarray(source[i]["text"]).item() for i in range(len(source))]
 
 
+def files_stamp(files: dict[str, list[str]]) -> str:
+  """Each file's path, size and modification time, by split: it changes when a file does."""
+  stat = lambda path: (path, Path(path).stat().st_size, Path(path).stat().st_mtime_ns)  # noqa: E731
+  return json.dumps({split: [stat(path) for path in paths] for split, paths in files.items()})
+
+
+def matched_files(data: ml_collections.ConfigDict) -> dict[str, list[str]]:
+  """The files of each split that config.data.files' globs match (local_text); none is a DataError."""
+  files = {}
+  for split, patterns in dict(data.files).items():
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    files[split] = sorted({p for pattern in patterns for p in glob.glob(str(Path(pattern).expanduser()))})
+    if not files[split]:
+      raise DataError(f"data.files[{split!r}] matches no files: {patterns}")
+  return files
+
+
+def source_stamp(data: ml_collections.ConfigDict) -> str:
+  """What identifies the documents config.data names: its source's settings, and the corpus's recorded sha256
+  (shipped corpus), the files' sizes and times (local_text) or the archive's (wikitext103)."""
+  settings = {key: data[key] for key in ("source", "tfds_name", "text_key", "tfds_validation_split", "tfds_test_split")}
+  if data.source == "shakespeare":
+    settings["sha256"] = json.loads(MANIFEST.read_text())["sha256"]
+  elif data.source == "local_text":
+    settings["files"] = files_stamp(matched_files(data))
+  elif data.source == "wikitext103":
+    archive = Path(data.manual_dir).expanduser() / WikiText103.ARCHIVE
+    settings["archive"] = files_stamp({"all": [str(archive)]}) if archive.exists() else "missing"
+  return json.dumps(settings, sort_keys=True)
+
+
 def load_documents(data: ml_collections.ConfigDict) -> dict[str, list[bytes]]:
   """The documents of each split for config.data."""
   if data.source == "shakespeare":
     return shakespeare_documents()
   if data.source == "local_text":
-    files = {}
-    for split, patterns in dict(data.files).items():
-      patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-      files[split] = sorted({p for pattern in patterns for p in glob.glob(str(Path(pattern).expanduser()))})
-      if not files[split]:
-        raise DataError(f"data.files[{split!r}] matches no files: {patterns}")
-    builder = LocalText(files=files, data_dir=data.tfds_dir)
+    builder = LocalText(files=matched_files(data), data_dir=data.tfds_dir)
   elif data.source == "wikitext103":
     builder = WikiText103(data_dir=data.tfds_dir, config=None)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=data.manual_dir))

@@ -370,8 +370,9 @@ class PreparedSplit:
       parts.append(take)
       begins.append(record_start + record_begins.astype(np.int64))
       position += len(take)
-    begins = np.concatenate(begins) if begins else np.zeros(0, np.int64)
-    return np.concatenate(parts).astype(np.int32), begins
+    if not parts:  # an empty range (or an empty split)
+      return np.zeros(0, np.int32), np.zeros(0, np.int64)
+    return np.concatenate(parts).astype(np.int32), np.concatenate(begins)
 
   def __getitem__(self, key) -> np.ndarray:
     if isinstance(key, slice):

@@ -12,11 +12,9 @@ mid-save leaves no checkpoint that `latest_step` would pick. What this layer add
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from flax import nnx
 
 from wavefield_jax.config import base_config
 from wavefield_jax.errors import CheckpointError
+from wavefield_jax.files import file_sha256, write_text_atomic
 from wavefield_jax.model import WaveFieldLM
 
 MANIFESTS = "manifests"
@@ -38,23 +37,6 @@ _READ_FAILURE = re.compile(r"^[A-Z_]{5,}: |Error (reading|opening|decoding)|Unex
 
 class DamagedCheckpointError(CheckpointError):
   """A checkpoint whose files are missing, truncated, changed since they were saved, or unreadable."""
-
-
-def _sha256(path: Path) -> str:
-  with path.open("rb") as f:
-    return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-  """Writes `path` whole or not at all: a reader (another process, a restart after a crash) never sees half."""
-  partial = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".partial", delete=False)
-  try:
-    with partial:  # a full disk fails here, in write or close
-      partial.write(text)
-    os.replace(partial.name, path)
-  except BaseException:
-    Path(partial.name).unlink(missing_ok=True)  # the old file stays as it was, and no partial is left
-    raise
 
 
 class Checkpointer:
@@ -90,7 +72,9 @@ class Checkpointer:
       if step not in present:
         continue
       root = self.directory / str(step)
-      files = {str(p.relative_to(root)): [p.stat().st_size, _sha256(p)] for p in sorted(root.rglob("*")) if p.is_file()}
+      files = {
+        str(p.relative_to(root)): [p.stat().st_size, file_sha256(p)] for p in sorted(root.rglob("*")) if p.is_file()
+      }
       write_text_atomic(manifests / f"{step}.json", json.dumps({"step": step, "files": files}, indent=0))
     self._unrecorded.clear()
     for path in manifests.glob("*.json"):
@@ -110,7 +94,7 @@ class Checkpointer:
         problem = "is missing"
       elif file.stat().st_size != size:
         problem = f"has {file.stat().st_size:,} bytes; {size:,} were saved (truncated or overwritten)"
-      elif _sha256(file) != digest:
+      elif file_sha256(file) != digest:
         problem = "was changed after it was saved (sha256 differs)"
       else:
         continue

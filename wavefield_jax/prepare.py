@@ -39,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wavefield_jax.errors import DataError
+from wavefield_jax.files import file_sha256, write_text_atomic
 from wavefield_jax.tokenizers import Tokenizer, get_tokenizer, tokenizer_digest
 
 SPLITS = ("train", "validation", "test")
@@ -116,14 +117,6 @@ def read_documents(unit: Unit) -> Iterator[bytes]:
   else:
     with opener(path, "rb") as f:
       yield f.read()
-
-
-def file_sha256(path: Path) -> str:
-  digest = hashlib.sha256()
-  with path.open("rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 def _as_bytes(text) -> bytes:
@@ -218,7 +211,7 @@ def write_unit(
     writers[split].add(np.concatenate([tokenizer.encode(decoded), separator]))
   shards = {split: entry for split, writer in writers.items() if (entry := writer.close()) is not None}
   record = {"unit": index, "source": source, "shards": shards, "bytes_in": bytes_in, "replaced": replaced}
-  _write_atomically(output / f"{index:05d}.json", json.dumps(record))
+  write_text_atomic(output / f"{index:05d}.json", json.dumps(record))
   return record
 
 
@@ -231,14 +224,6 @@ def prepare_documents(documents: dict[str, list[bytes]], output: Path, tokenizer
   pairs = ((split, text) for split in SPLITS for text in documents.get(split, []))
   record = write_unit(0, "documents", pairs, output, tokenizer, (1.0, 0.0, 0.0), 0)
   return _write_manifest(output, tokenizer, [record])
-
-
-def _write_atomically(path: Path, text: str) -> None:
-  """Writes under a name of this process's own, then renames: readers see the old file or the whole new one,
-  and two processes preparing the same directory never write one file."""
-  temporary = path.with_name(f"{path.name}.{os.getpid()}.partial")
-  temporary.write_text(text)
-  os.replace(temporary, path)
 
 
 def _run_unit(arguments) -> dict:
@@ -327,7 +312,7 @@ def _write_manifest(output: Path, tokenizer, records: list[dict]) -> dict:
     "replaced_documents": sum(r["replaced"] for r in records),
     "splits": splits,
   }
-  _write_atomically(output / MANIFEST, json.dumps(manifest, indent=1))
+  write_text_atomic(output / MANIFEST, json.dumps(manifest, indent=1))
   return manifest
 
 

@@ -17,8 +17,8 @@ import jax
 import ml_collections
 from flax import traverse_util
 
-from wavefield_jax.checkpointing import write_text_atomic
 from wavefield_jax.errors import CheckpointError, TrainingError
+from wavefield_jax.files import write_text_atomic
 
 State = dict[str, Any]
 

@@ -102,7 +102,7 @@ def main() -> None:
 
   def projections(x):
     m = nnx.merge(graphdef, state)
-    return m.output.out_proj(m.in_proj(x)[..., :dim])
+    return m.output.out_proj(m.sources.in_proj(x)[..., :dim])
 
   rows.append(
     ["L=8,192", "wave mixer forward", f"{median_ms(jax.jit(lambda x: nnx.merge(graphdef, state)(x)), x):,.1f}"]

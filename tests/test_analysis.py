@@ -24,9 +24,9 @@ VOCAB = 23
 
 
 def set_constants(mixer: WaveFieldMixer, speed, damping, phase) -> None:
-  mixer.speed_raw[...] = inverse_softplus(jnp.asarray(speed, jnp.float32))
-  mixer.damping_log[...] = jnp.log(jnp.asarray(damping, jnp.float32))
-  mixer.phase[...] = jnp.asarray(phase, jnp.float32)
+  mixer.field.speed_raw[...] = inverse_softplus(jnp.asarray(speed, jnp.float32))
+  mixer.field.damping_log[...] = jnp.log(jnp.asarray(damping, jnp.float32))
+  mixer.field.phase[...] = jnp.asarray(phase, jnp.float32)
 
 
 def tiny_lm(seed: int, mixers=("wave", "attention", "wave")) -> WaveFieldLM:
@@ -110,7 +110,7 @@ def test_constant_gradients_equal_autodiff_in_the_physical_values_and_finite_dif
   def loss(physical: dict) -> jax.Array:  # {layer: (speed, damping, phase)}, set through the raw parameters
     params = jax.tree.map(lambda leaf: leaf, pure)  # fresh dicts, same leaves
     for layer, (speed, damping, phase) in physical.items():
-      mixer = params["blocks"][layer]["mixer"]
+      mixer = params["blocks"][layer]["mixer"]["field"]
       mixer["speed_raw"], mixer["damping_log"], mixer["phase"] = inverse_softplus(speed), jnp.log(damping), phase
     net = nnx.merge(graphdef, params)
     return optax.softmax_cross_entropy_with_integer_labels(net(windows[:, :-1]), windows[:, 1:]).mean()

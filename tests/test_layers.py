@@ -116,7 +116,7 @@ def test_gradients_reach_the_physical_constants(rng):
   x = rng.standard_normal((2, 64, 32)).astype(np.float32)
   grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(mixer)
   for name in ("speed_raw", "damping_log", "phase"):
-    g = np.asarray(getattr(grads, name)[...])
+    g = np.asarray(getattr(grads.field, name)[...])
     assert np.all(np.isfinite(g)) and np.abs(g).max() > 0, name
 
 
@@ -253,7 +253,8 @@ def test_selective_mixer_gradients_reach_the_constants_and_the_clock(rng):
   mixer = make_mixer_of_kind("selective", int(rng.integers(1 << 30)))
   x = rng.standard_normal((2, 40, 32)).astype(np.float32)
   grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(mixer)
-  for value in (grads.speed_raw, grads.damping_log, grads.phase, grads.clock.kernel, grads.clock.bias):
+  field = grads.field
+  for value in (field.speed_raw, field.damping_log, field.phase, grads.clock.kernel, grads.clock.bias):
     g = np.asarray(value[...])
     assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
 
@@ -279,7 +280,7 @@ def test_param_labels_give_a_users_model_its_own_learning_rate_for_the_constants
 
   model = Mine(nnx.Rngs(0))
   labels = param_labels(model)
-  assert labels["mixer"]["speed_raw"] == "wave" and labels["head"]["kernel"] == "decay"
+  assert labels["mixer"]["field"]["speed_raw"] == "wave" and labels["head"]["kernel"] == "decay"
   assert labels["head"]["bias"] == "no_decay"
   frozen = {"wave": optax.set_to_zero(), "decay": optax.adam(1e-2), "no_decay": optax.adam(1e-2)}
   optimizer = nnx.Optimizer(model, optax.multi_transform(frozen, labels), wrt=nnx.Param)
@@ -289,5 +290,5 @@ def test_param_labels_give_a_users_model_its_own_learning_rate_for_the_constants
   grads = nnx.grad(lambda m: (m(x) ** 2).mean())(model)
   optimizer.update(model, grads)
   after = nnx.state(model, nnx.Param)
-  np.testing.assert_array_equal(after["mixer"]["speed_raw"][...], before["mixer"]["speed_raw"][...])
+  np.testing.assert_array_equal(after["mixer"]["field"]["speed_raw"][...], before["mixer"]["field"]["speed_raw"][...])
   assert not np.allclose(after["head"]["kernel"][...], before["head"]["kernel"][...])

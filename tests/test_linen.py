@@ -18,7 +18,7 @@ def test_linen_mixer_keeps_every_value_in_params_and_matches_the_nnx_mixer(kind,
   module = linen.WaveFieldMixer(dim=16, num_heads=2, max_len=64, kind=kind)
   variables = module.init(jax.random.key(int(rng.integers(1 << 30))), x)
   assert set(variables) == {"params"}  # no WaveParam collection to lose
-  assert all(variables["params"]["mixer"][name].shape == (2,) for name in CONSTANTS)
+  assert all(variables["params"]["mixer"]["field"][name].shape == (2,) for name in CONSTANTS)
   # The same values loaded into the NNX mixer give the same outputs.
   nnx_mixer = mixers.REGISTRY[kind].module(16, 2, max_len=64, rngs=nnx.Rngs(1))
   state = nnx.state(nnx_mixer)
@@ -35,8 +35,8 @@ def test_a_linen_training_loop_moves_the_constants_and_lowers_the_loss(rng):
   params = module.init(jax.random.key(0), x)["params"]
   # The target: the same mixer with slower, longer-lived waves.
   target_params = jax.tree.map(lambda a: a, params)
-  target_params["mixer"]["speed_raw"] = params["mixer"]["speed_raw"] - 1.0
-  target_params["mixer"]["damping_log"] = params["mixer"]["damping_log"] - 1.0
+  target_params["mixer"]["field"]["speed_raw"] = params["mixer"]["field"]["speed_raw"] - 1.0
+  target_params["mixer"]["field"]["damping_log"] = params["mixer"]["field"]["damping_log"] - 1.0
   target = module.apply({"params": target_params}, x)
 
   def loss_fn(p):
@@ -56,12 +56,12 @@ def test_a_linen_training_loop_moves_the_constants_and_lowers_the_loss(rng):
     new_params, opt_state, loss, grads = step(params, opt_state)
     if first is None:
       first = float(loss)
-      assert all(float(jnp.abs(grads["mixer"][n]).sum()) > 0 for n in CONSTANTS)
+      assert all(float(jnp.abs(grads["mixer"]["field"][n]).sum()) > 0 for n in CONSTANTS)
     params = new_params
   assert float(loss_fn(params)) < 0.5 * first
-  initial = module.init(jax.random.key(0), x)["params"]["mixer"]
+  initial = module.init(jax.random.key(0), x)["params"]["mixer"]["field"]
   for name in CONSTANTS:  # every constant took part in the fit
-    assert float(jnp.abs(initial[name] - params["mixer"][name]).max()) > 1e-2, name
+    assert float(jnp.abs(initial[name] - params["mixer"]["field"][name]).max()) > 1e-2, name
 
 
 def test_linen_mixer_names_a_bad_kind():
@@ -72,7 +72,7 @@ def test_linen_mixer_names_a_bad_kind():
 def test_linen_mixer_takes_starting_constants():
   speed, damping, phase = jnp.array([0.5, 1.5]), jnp.array([0.01, 0.2]), jnp.array([0.0, 1.0])
   module = linen.WaveFieldMixer(dim=16, num_heads=2, max_len=64, constants=(speed, damping, phase))
-  params = module.init(jax.random.key(0), jnp.ones((1, 4, 16)))["params"]["mixer"]
+  params = module.init(jax.random.key(0), jnp.ones((1, 4, 16)))["params"]["mixer"]["field"]
   np.testing.assert_allclose(jax.nn.softplus(params["speed_raw"]), speed, rtol=1e-5)
   np.testing.assert_allclose(jnp.exp(params["damping_log"]), damping, rtol=1e-5)
   np.testing.assert_allclose(params["phase"], phase)

@@ -458,7 +458,7 @@ def test_selective_and_retention_bad_input_names_the_argument(rng):
     physics.selective_step(jnp.zeros((2, 3, 4), jnp.complex64), u[:, 0], delta[:, 0], speed, -damping, phase)
   with pytest.raises(ValueError, match="q and k must have one shape"):
     physics.retention_chunked(u, u[..., :2], u, speed, damping, phase)
-  with pytest.raises(ValueError, match="initial_state must have shape \\[B, H, K, V\\]"):
+  with pytest.raises(ValueError, match="initial_state must have shape \\[B, H, K, M\\]"):
     physics.retention_chunked(u, u, u, speed, damping, phase, initial_state=jnp.zeros((2, 3, 4), jnp.complex64))
   with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
     physics.retention_chunked(u, u, u, speed, damping, phase, chunk_size=0)

@@ -25,13 +25,13 @@ import scipy.special
 from flax import nnx
 
 from wavefield_jax import mixers, physics, plots
-from wavefield_jax.layers import RetentionMixer, SelectiveWaveMixer, WaveFieldMixer, WaveParam, physical_constants
+from wavefield_jax.layers import RetentionMixer, SelectiveWaveMixer, WaveParam, physical_constants
 from wavefield_jax.model import WaveFieldLM
 
 CONSTANTS = ("speed", "damping", "phase")
 
 
-def wave_mixers(model: nnx.Module) -> list[tuple[str, WaveFieldMixer]]:
+def wave_mixers(model: nnx.Module) -> list[tuple[str, nnx.Module]]:
   """Every wave-family mixer (`mixers.REGISTRY`) in `model` with its path, e.g. ("blocks/0/mixer", mixer), in
   model order."""
   wave_family = mixers.wave_family_modules()
@@ -191,9 +191,9 @@ def constant_gradients(
     speed, damping, phase = (np.asarray(a, np.float64) for a in mixer.constants())
     # Chain rule back to the physical values through the layer's own mapping (elementwise, so its
     # Jacobian is the diagonal a JVP with ones gives).
-    raw = (mixer.speed_raw[...], mixer.damping_log[...], mixer.phase[...])
+    raw = (mixer.field.speed_raw[...], mixer.field.damping_log[...], mixer.field.phase[...])
     _, slopes = jax.jvp(physical_constants, raw, tuple(jnp.ones_like(r) for r in raw))
-    raw_grads = (grad.speed_raw[...], grad.damping_log[...], grad.phase[...])
+    raw_grads = (grad.field.speed_raw[...], grad.field.damping_log[...], grad.field.phase[...])
     d_speed, d_damping, d_phase = (
       np.asarray(g, np.float64) / np.asarray(d, np.float64) for g, d in zip(raw_grads, slopes, strict=True)
     )

@@ -129,9 +129,10 @@ def _decode(
   top_p: float | None,
   stop_tokens: tuple[int, ...],
 ) -> jax.Array:
-  """One loop over the prompts' last tokens and the new ones: tail [B, C] holds tail_lengths [B] (1..C)
+  """One loop over the prompts' last tokens and the new ones: tail [B, T] holds tail_lengths [B] (1..T)
   prompt tokens per row, fed one per step; each row then feeds back what it samples, until it has drawn
-  `max_new_tokens` or a stop token. Returns the new tokens [B, N], a stopped row repeating its stop token."""
+  `max_new_tokens` or a stop token. Returns the new tokens [B, max_new_tokens], a stopped row repeating its
+  stop token."""
   TRACE_COUNT["decode"] += 1
   model = nnx.merge(structure.graphdef, state)
   batch = tail.shape[0]

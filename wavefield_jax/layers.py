@@ -40,19 +40,19 @@ def causal_depthwise_conv(
   """Short causal depthwise convolution along the sequence.
 
   Args:
-    x: [B, L, C].
-    kernel: [W, C]; kernel[j] weighs the input j positions back.
-    history: optional [B, W-1, C], the inputs just before x (oldest first); zeros if None.
+    x: [B, L, E], E channels.
+    kernel: [W, E]; kernel[j] weighs the input j positions back.
+    history: optional [B, W-1, E], the inputs just before x (oldest first); zeros if None.
     segment_ids: optional [B, L] document ids: a tap that reaches back over a document start reads zero.
       The history belongs to the document at position 0.
 
   Returns:
-    [B, L, C]: y[:, t] = sum_j kernel[j] * x[:, t - j].
+    [B, L, E]: y[:, t] = sum_j kernel[j] * x[:, t - j].
   """
   width = kernel.shape[0]
   if history is None:
     history = jnp.zeros((x.shape[0], width - 1, x.shape[2]), x.dtype)
-  padded = jnp.concatenate([history.astype(x.dtype), x], axis=1)  # [B, W-1+L, C]
+  padded = jnp.concatenate([history.astype(x.dtype), x], axis=1)  # [B, W-1+L, E]
   length = x.shape[1]
   taps = [kernel[j] * padded[:, width - 1 - j : width - 1 - j + length] for j in range(width)]
   if segment_ids is not None:
@@ -64,7 +64,7 @@ def causal_depthwise_conv(
 
 
 def conv_history(x: jax.Array, history: jax.Array) -> jax.Array:
-  """The last W-1 inputs after appending x [B, L, C] to history [B, W-1, C]."""
+  """The last W-1 inputs after appending x [B, L, E] to history [B, W-1, E]."""
   return jnp.concatenate([history.astype(x.dtype), x], axis=1)[:, x.shape[1] :]
 
 
@@ -117,12 +117,133 @@ class GatedOutput(nnx.Module):
     return self.out_proj(z * jax.nn.silu(gate))
 
 
+def check_positive_ints(**values: int) -> None:
+  """A ValueError naming the first value that is not a positive integer."""
+  for name, value in values.items():
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f"{name} must be a positive integer; got {value!r}")
+
+
+class Sources(nnx.Module):
+  """How a wave-family mixer reads its input: one projection to q, k, v and the gate, then a short causal
+  depthwise conv on q, k, v. The conv starts as the identity plus noise, so each of q, k, v first sees
+  its own token."""
+
+  def __init__(self, dim: int, num_heads: int, *, conv_width: int, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+    check_positive_ints(dim=dim, num_heads=num_heads, conv_width=conv_width)
+    if dim % num_heads:
+      raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+    self.dim, self.num_heads, self.conv_width, self.dtype = dim, num_heads, conv_width, dtype
+    self.in_proj = nnx.Linear(
+      dim, 4 * dim, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+    )  # q, k, v, gate
+    noise = 0.1 * jax.random.normal(rngs.params(), (conv_width, 3 * dim)) / math.sqrt(conv_width)
+    self.conv_kernel = nnx.Param(noise.at[0].add(1.0).astype(param_dtype))  # [W, 3D]
+
+  def init_cache(self, batch_size: int) -> jax.Array:
+    """The conv's history before the first token: zeros [B, W-1, 3D]."""
+    return jnp.zeros((batch_size, self.conv_width - 1, 3 * self.dim), self.dtype)
+
+  def __call__(
+    self, x: jax.Array, history: jax.Array | None = None, segment_ids: jax.Array | None = None
+  ) -> tuple[jax.Array, ...]:
+    """x [B, L, D] -> q, k, v [B, L, H, K], the gate [B, L, D], and the conv history after x [B, W-1, 3D]
+    (None without a `history` to continue from: the parallel forward keeps none)."""
+    if jnp.ndim(x) != 3 or jnp.shape(x)[2] != self.dim or jnp.shape(x)[1] == 0:
+      raise ValueError(
+        f"the mixer's input must have shape [B, L, D] with L >= 1 and D = {self.dim} ([B, D] for one step);"
+        f" got shape {jnp.shape(x)}"
+      )
+    batch, length, _ = x.shape
+    projected = checkpoint_name(self.in_proj(x), PROJECTION)  # [B, L, 4D]
+    qkv, gate = jnp.split(projected, [3 * self.dim], axis=-1)  # [B, L, 3D], [B, L, D]
+    mixed = causal_depthwise_conv(qkv, self.conv_kernel[...].astype(qkv.dtype), history, segment_ids)
+    q, k, v = (a.reshape(batch, length, self.num_heads, -1) for a in jnp.split(mixed, 3, axis=-1))
+    return q, k, v, gate, None if history is None else conv_history(qkv, history)
+
+
+class WaveConstants(nnx.Module):
+  """Each head's three trained constants, stored raw (WaveParam, each [H]) so that any optimizer step
+  leaves them physical: speed = softplus(speed_raw), damping = exp(damping_log), and the phase."""
+
+  def __init__(self, num_heads: int, max_len: int, values: tuple[jax.Array, ...] | None = None, *, rngs: nnx.Rngs):
+    check_positive_ints(max_len=max_len)
+    if values is None:
+      speed, damping, phase = initial_constants(num_heads, max_len, rngs.params())
+    else:
+      speed, damping, phase = (jnp.asarray(c, jnp.float32) for c in physics.check_constants(*values))
+      if speed.shape != (num_heads,):
+        raise ValueError(f"constants must be three arrays of shape [num_heads] = [{num_heads}]; got {speed.shape}")
+    self.speed_raw = WaveParam(inverse_softplus(speed))  # [H]
+    self.damping_log = WaveParam(jnp.log(damping))  # [H]
+    self.phase = WaveParam(phase)  # [H]
+
+  def __call__(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The physical (speed, damping, phase), each [H]."""
+    return physical_constants(self.speed_raw[...], self.damping_log[...], self.phase[...])
+
+
+def _wave_family_parts(
+  mixer: nnx.Module,
+  dim: int,
+  num_heads: int,
+  *,
+  max_len: int,
+  rngs: nnx.Rngs,
+  conv_width: int = 4,
+  method: str = "auto",
+  chunk_size: int | None = None,
+  dtype: Any = jnp.float32,
+  param_dtype: Any = jnp.float32,
+  constants: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  mesh_axes: tuple[str, str] = (DATA, SEQ),
+) -> None:
+  """Gives a wave-family mixer its settings and its three parts, `sources`, `field` and `output`, built
+  in that order (so one seed gives every kind the same weights for them). Arguments: `WaveFieldMixer`'s."""
+  check_positive_ints(dim=dim, num_heads=num_heads, max_len=max_len)
+  physics.check_method(method, chunk_size, max_len)  # a bad method or chunk size fails here, named
+  mixer.dim, mixer.num_heads, mixer.dtype, mixer.param_dtype = dim, num_heads, dtype, param_dtype
+  mixer.method, mixer.chunk_size, mixer.mesh, mixer.mesh_axes = method, chunk_size, mesh, mesh_axes
+  mixer.sources = Sources(dim, num_heads, conv_width=conv_width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  mixer.field = WaveConstants(num_heads, max_len, constants, rngs=rngs)
+  mixer.output = GatedOutput(dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def decode_cache(sources: Sources, batch_size: int, state_shape: tuple[int, ...]) -> Cache:
+  """A wave-family mixer's decode cache: the short conv's history and the complex state [B, *state_shape]."""
+  return {"conv": sources.init_cache(batch_size), "wave": jnp.zeros((batch_size, *state_shape), jnp.complex64)}
+
+
+def times_queries(q: jax.Array, y: jax.Array) -> jax.Array:
+  """The H3 readout q * y of q, y [B, L, H, K], as [B, L, D] in q's dtype."""
+  return (q * y.astype(q.dtype)).reshape(*q.shape[:2], -1)
+
+
 class WaveFieldMixer(nnx.Module):
   """The Wave Field token mixer (H3/Hyena structure around the wave convolution).
 
   q, k, v, g = proj(x); q, k, v go through a short causal depthwise conv; u = k * v is the source of
   the damped wave field, y = wave_conv(u); the output is out_proj((q * y) * silu(g)).
-  Each head owns three trained constants (WaveParam): raw speed (softplus), log damping, phase.
+  Its parts, which the selective and retention mixers share: `sources` (projection and short conv),
+  `field` (each head's three trained constants: raw speed, log damping, phase) and `output` (gate and
+  projection).
+
+  Args:
+    dim: D, the model width.
+    num_heads: H; D / H channels per head.
+    max_len: the training context; the slowest head's initial damping is 1 / max_len.
+    rngs: the NNX random streams for the initial weights.
+    conv_width: width of the short causal conv on q, k, v (4).
+    method: how the wave convolution is computed (`physics.wave_conv`; "auto"); every method gives the
+      same result.
+    chunk_size: positions per chunk of that method.
+    dtype: the compute dtype of the projections (the wave arithmetic runs in float32).
+    param_dtype: the dtype the projection weights are stored in (the constants stay float32).
+    constants: optional starting (speed, damping, phase), each [H], instead of the default spread.
+    mesh: with a mesh, the parallel forward runs the wave convolution inside shard_map, batch rows and
+      positions split over its `mesh_axes` (`sequence_parallel.sharded_wave_conv`).
+    mesh_axes: the mesh's (batch, sequence) axis names.
 
   Example:
     >>> import jax.numpy as jnp
@@ -134,104 +255,23 @@ class WaveFieldMixer(nnx.Module):
     12
   """
 
-  def __init__(
-    self,
-    dim: int,
-    num_heads: int,
-    *,
-    max_len: int,
-    conv_width: int = 4,
-    method: str = "auto",
-    chunk_size: int | None = None,
-    dtype: Any = jnp.float32,
-    param_dtype: Any = jnp.float32,
-    constants: tuple[jax.Array, jax.Array, jax.Array] | None = None,
-    mesh: jax.sharding.Mesh | None = None,
-    mesh_axes: tuple[str, str] = (DATA, SEQ),
-    rngs: nnx.Rngs,
-  ):
-    """Args:
-    dim: D, the model width.
-    num_heads: H; D / H channels per head.
-    max_len: the training context; the slowest head's initial damping is 1 / max_len.
-    conv_width: width of the short causal conv on q, k, v.
-    method: how the wave convolution is computed (`physics.wave_conv`); every method gives the same result.
-    chunk_size: positions per chunk of that method.
-    dtype: the compute dtype of the projections (the wave arithmetic runs in float32).
-    param_dtype: the dtype the projection weights are stored in (the constants stay float32).
-    constants: optional starting (speed, damping, phase), each [H], instead of the default spread.
-    mesh: with a mesh, the parallel forward runs the wave convolution inside shard_map, batch rows and
-      positions split over its `mesh_axes` (`sequence_parallel.sharded_wave_conv`).
-    mesh_axes: the mesh's (batch, sequence) axis names.
-    rngs: the NNX random streams for the initial weights.
-    """
-    for name, value in (("dim", dim), ("num_heads", num_heads), ("max_len", max_len)):
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    if dim % num_heads:
-      raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
-    if conv_width < 1:
-      raise ValueError(f"conv_width must be >= 1; got {conv_width}")
-    physics.check_method(method, chunk_size, max_len)  # a bad method or chunk size fails here, named
-    self.dim, self.num_heads, self.conv_width, self.dtype = dim, num_heads, conv_width, dtype
-    self.param_dtype = param_dtype
-    self.method, self.chunk_size = method, chunk_size
-    self.mesh, self.mesh_axes = mesh, mesh_axes
-    self.in_proj = nnx.Linear(
-      dim, 4 * dim, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs
-    )  # q, k, v, gate
-    # The short conv starts as the identity plus noise: each of q, k, v first sees its own token.
-    noise = 0.1 * jax.random.normal(rngs.params(), (conv_width, 3 * dim)) / math.sqrt(conv_width)
-    self.conv_kernel = nnx.Param(noise.at[0].add(1.0).astype(param_dtype))  # [W, 3D]
-    if constants is None:
-      speed, damping, phase = initial_constants(num_heads, max_len, rngs.params())
-    else:
-      speed, damping, phase = (jnp.asarray(c, jnp.float32) for c in physics.check_constants(*constants))
-      if speed.shape != (num_heads,):
-        raise ValueError(f"constants must be three arrays of shape [num_heads] = [{num_heads}]; got {speed.shape}")
-    self.speed_raw = WaveParam(inverse_softplus(speed))  # [H]
-    self.damping_log = WaveParam(jnp.log(damping))  # [H]
-    self.phase = WaveParam(phase)  # [H]
-    self.output = GatedOutput(dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  def __init__(self, dim: int, num_heads: int, *, max_len: int, rngs: nnx.Rngs, **options: Any):
+    _wave_family_parts(self, dim, num_heads, max_len=max_len, rngs=rngs, **options)
 
   def constants(self) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The physical (speed, damping, phase), each [H], from the raw trained values."""
-    return physical_constants(self.speed_raw[...], self.damping_log[...], self.phase[...])
+    return self.field()
 
   def init_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
-    """The decode cache: short-conv buffer and complex wave state; neither grows with `max_len`."""
+    """The short-conv history and the complex wave state [B, H, K]; neither grows with `max_len`."""
     del max_len
-    head_dim = self.dim // self.num_heads
-    return {
-      "conv": jnp.zeros((batch_size, self.conv_width - 1, 3 * self.dim), self.dtype),
-      "wave": jnp.zeros((batch_size, self.num_heads, head_dim), jnp.complex64),
-    }
-
-  def _sources(
-    self, x: jax.Array, history: jax.Array | None, segment_ids: jax.Array | None = None
-  ) -> tuple[jax.Array, ...]:
-    """Projections and short conv: q, k, v [B, L, H, K], gate [B, L, D], and the pre-conv qkv [B, L, 3D]."""
-    if jnp.ndim(x) != 3 or jnp.shape(x)[2] != self.dim or jnp.shape(x)[1] == 0:
-      raise ValueError(
-        f"the mixer's input must have shape [B, L, D] with L >= 1 and D = {self.dim} ([B, D] for one step);"
-        f" got shape {jnp.shape(x)}"
-      )
-    batch, length, _ = x.shape
-    projected = checkpoint_name(self.in_proj(x), PROJECTION)  # [B, L, 4D]
-    qkv, gate = jnp.split(projected, [3 * self.dim], axis=-1)  # [B, L, 3D], [B, L, D]
-    mixed = causal_depthwise_conv(qkv, self.conv_kernel[...].astype(qkv.dtype), history, segment_ids)
-    q, k, v = (a.reshape(batch, length, self.num_heads, -1) for a in jnp.split(mixed, 3, axis=-1))
-    return q, k, v, gate, qkv
-
-  def _readout(self, q: jax.Array, y: jax.Array, gate: jax.Array) -> jax.Array:
-    z = (q * y.astype(q.dtype)).reshape(gate.shape)  # [B, L, D]
-    return self.output(z, gate)
+    return decode_cache(self.sources, batch_size, (self.num_heads, self.dim // self.num_heads))
 
   def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
     """[B, L, D] -> [B, L, D], the parallel convolution (sharded over the mesh if the mixer has one).
 
     segment_ids: optional [B, L] document ids of a packed row; nothing crosses a document start."""
-    q, k, v, gate, _ = self._sources(x, None, segment_ids)
+    q, k, v, gate, _ = self.sources(x, segment_ids=segment_ids)
     u = k * v  # [B, L, H, K]
     if self.mesh is None:
       y = physics.wave_conv(
@@ -247,36 +287,35 @@ class WaveFieldMixer(nnx.Module):
         axes=self.mesh_axes,
         segment_ids=segment_ids,
       )
-    return self._readout(q, y, gate)
+    return self.output(times_queries(q, y), gate)
 
   def prefill(self, x: jax.Array, cache: Cache | None = None) -> tuple[jax.Array, Cache]:
     """Parallel forward over x [B, L, D], continuing from `cache` if given; returns y and the new cache."""
     if cache is None:
       cache = self.init_cache(x.shape[0])
-    speed, damping, phase = self.constants()
-    q, k, v, gate, qkv = self._sources(x, cache["conv"])
+    q, k, v, gate, history = self.sources(x, cache["conv"])
     y, state = physics.wave_conv_chunked(
-      k * v, speed, damping, phase, self.chunk_size, initial_state=cache["wave"], method=self.method
+      k * v, *self.constants(), self.chunk_size, initial_state=cache["wave"], method=self.method
     )
-    return self._readout(q, y, gate), {"conv": conv_history(qkv, cache["conv"]), "wave": state}
+    return self.output(times_queries(q, y), gate), {"conv": history, "wave": state}
 
   def step(self, x_t: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
     """One token [B, D] through the recurrence: O(1) in the context length."""
-    speed, damping, phase = self.constants()
-    q, k, v, gate, qkv = self._sources(x_t[:, None], cache["conv"])  # L = 1
-    y_t, state = physics.wave_step(cache["wave"], k[:, 0] * v[:, 0], speed, damping, phase)
-    return self._readout(q, y_t[:, None], gate)[:, 0], {"conv": conv_history(qkv, cache["conv"]), "wave": state}
+    q, k, v, gate, history = self.sources(x_t[:, None], cache["conv"])  # L = 1
+    y_t, state = physics.wave_step(cache["wave"], k[:, 0] * v[:, 0], *self.constants())
+    return self.output(times_queries(q, y_t[:, None]), gate)[:, 0], {"conv": history, "wave": state}
 
 
-class SelectiveWaveMixer(WaveFieldMixer):
-  """The wave mixer on a data-dependent clock (docs/design.md, section 7): the same sources, constants and
-  gate, but each head's field advances by delta_t = softplus(w_h . x_t + b_h) per token instead of 1, so a
-  token can hold the field still (delta near 0) or flush it (delta large). b_h starts where delta = 1, w_h
-  small: at initialisation it is the wave mixer. Computed by `physics.selective_conv_chunked`.
+class SelectiveWaveMixer(nnx.Module):
+  """The wave mixer on a data-dependent clock (docs/design.md, section 7): the same parts, but each head's
+  field advances by delta_t = softplus(w_h . x_t + b_h) per token instead of 1, so a token can hold the
+  field still (delta near 0) or flush it (delta large). b_h starts where delta = 1, w_h small: at
+  initialisation it is the wave mixer. Computed by `physics.selective_conv_chunked`. Arguments: those of
+  `WaveFieldMixer`.
   """
 
-  def __init__(self, dim: int, num_heads: int, *, max_len: int, rngs: nnx.Rngs, **kwargs):
-    super().__init__(dim, num_heads, max_len=max_len, rngs=rngs, **kwargs)
+  def __init__(self, dim: int, num_heads: int, *, max_len: int, rngs: nnx.Rngs, **options: Any):
+    _wave_family_parts(self, dim, num_heads, max_len=max_len, rngs=rngs, **options)
     self.chunk_size = self.chunk_size or physics.SELECTIVE_CHUNK
     small = nnx.initializers.normal(0.1 / math.sqrt(dim))
     unit_step = nnx.initializers.constant(math.log(math.expm1(1.0)))  # softplus(b) = 1
@@ -284,12 +323,22 @@ class SelectiveWaveMixer(WaveFieldMixer):
       dim, num_heads, kernel_init=small, bias_init=unit_step, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs
     )
 
+  def constants(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The physical (speed, damping, phase), each [H], from the raw trained values."""
+    return self.field()
+
   def clock_steps(self, x: jax.Array) -> jax.Array:
     """delta [B, L, H] float32 > 0 for the mixer's input x [B, L, D]."""
     return jax.nn.softplus(self.clock(x).astype(jnp.float32))
 
+  def init_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
+    """The short-conv history and the complex wave state [B, H, K]; neither grows with `max_len`."""
+    del max_len
+    return decode_cache(self.sources, batch_size, (self.num_heads, self.dim // self.num_heads))
+
   def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
-    q, k, v, gate, _ = self._sources(x, None, segment_ids)
+    """[B, L, D] -> [B, L, D]; segment_ids: optional [B, L] document ids, as the wave mixer's."""
+    q, k, v, gate, _ = self.sources(x, segment_ids=segment_ids)
     delta = self.clock_steps(x)  # [B, L, H]
     if self.mesh is None:
       y, _ = physics.selective_conv_chunked(k * v, delta, *self.constants(), self.chunk_size, segment_ids=segment_ids)
@@ -303,58 +352,61 @@ class SelectiveWaveMixer(WaveFieldMixer):
         axes=self.mesh_axes,
         segment_ids=segment_ids,
       )
-    return self._readout(q, y, gate)
+    return self.output(times_queries(q, y), gate)
 
   def prefill(self, x: jax.Array, cache: Cache | None = None) -> tuple[jax.Array, Cache]:
     if cache is None:
       cache = self.init_cache(x.shape[0])
-    q, k, v, gate, qkv = self._sources(x, cache["conv"])
+    q, k, v, gate, history = self.sources(x, cache["conv"])
     y, state = physics.selective_conv_chunked(
       k * v, self.clock_steps(x), *self.constants(), self.chunk_size, initial_state=cache["wave"]
     )
-    return self._readout(q, y, gate), {"conv": conv_history(qkv, cache["conv"]), "wave": state}
+    return self.output(times_queries(q, y), gate), {"conv": history, "wave": state}
 
   def step(self, x_t: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-    q, k, v, gate, qkv = self._sources(x_t[:, None], cache["conv"])  # L = 1
+    q, k, v, gate, history = self.sources(x_t[:, None], cache["conv"])  # L = 1
     delta_t = self.clock_steps(x_t[:, None])[:, 0]  # [B, H]
     y_t, state = physics.selective_step(cache["wave"], k[:, 0] * v[:, 0], delta_t, *self.constants())
-    return self._readout(q, y_t[:, None], gate)[:, 0], {"conv": conv_history(qkv, cache["conv"]), "wave": state}
+    return self.output(times_queries(q, y_t[:, None]), gate)[:, 0], {"conv": history, "wave": state}
 
 
-class RetentionMixer(WaveFieldMixer):
+class RetentionMixer(nnx.Module):
   """The content-addressed wave (docs/design.md, section 7): y_t = sum_s k_h(t - s) (q_t . k_s) v_s, the
   damped wave of each head's three constants weighting the query-key match, then a per-head RMS norm (the
   output's scale no longer depends on how many sources matched) and the gate. The decode cache is one
   [K, K] complex state per head: O(1) in the context length. Computed by `physics.retention_chunked`.
+  Arguments: those of `WaveFieldMixer`.
   """
 
-  def __init__(self, dim: int, num_heads: int, *, max_len: int, rngs: nnx.Rngs, **kwargs):
-    super().__init__(dim, num_heads, max_len=max_len, rngs=rngs, **kwargs)
+  def __init__(self, dim: int, num_heads: int, *, max_len: int, rngs: nnx.Rngs, **options: Any):
+    _wave_family_parts(self, dim, num_heads, max_len=max_len, rngs=rngs, **options)
     self.chunk_size = self.chunk_size or physics.RETENTION_CHUNK
     self.head_norm = nnx.RMSNorm(dim // num_heads, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
 
+  def constants(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The physical (speed, damping, phase), each [H], from the raw trained values."""
+    return self.field()
+
   def init_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
-    """The short-conv buffer and a [K, K] complex state per head; neither grows with `max_len`."""
+    """The short-conv history and a [K, K] complex state per head; neither grows with `max_len`."""
     del max_len
     head_dim = self.dim // self.num_heads
-    return {
-      "conv": jnp.zeros((batch_size, self.conv_width - 1, 3 * self.dim), self.dtype),
-      "wave": jnp.zeros((batch_size, self.num_heads, head_dim, head_dim), jnp.complex64),
-    }
+    return decode_cache(self.sources, batch_size, (self.num_heads, head_dim, head_dim))
 
   def queries_keys(
-    self, x: jax.Array, history: jax.Array | None, segment_ids: jax.Array | None = None
+    self, x: jax.Array, history: jax.Array | None = None, segment_ids: jax.Array | None = None
   ) -> tuple[jax.Array, ...]:
-    """q, k / sqrt(K), v [B, L, H, K], the gate [B, L, D] and the pre-conv qkv [B, L, 3D] of x [B, L, D]."""
-    q, k, v, gate, qkv = self._sources(x, history, segment_ids)
-    return q, k / math.sqrt(k.shape[-1]), v, gate, qkv  # scores q . k / sqrt(K), as attention's
+    """q, k / sqrt(K), v [B, L, H, K], the gate [B, L, D] and the conv history after x (`Sources`)."""
+    q, k, v, gate, history = self.sources(x, history, segment_ids)
+    return q, k / math.sqrt(k.shape[-1]), v, gate, history  # scores q . k / sqrt(K), as attention's
 
-  def _readout(self, q: jax.Array, y: jax.Array, gate: jax.Array) -> jax.Array:
-    del q  # the queries have been read already, in the match
+  def _normed_output(self, y: jax.Array, gate: jax.Array) -> jax.Array:
+    """The field's output y [B, L, H, K], each head RMS-normed, through the gate: [B, L, D]."""
     return self.output(self.head_norm(y.astype(gate.dtype)).reshape(gate.shape), gate)
 
   def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
-    q, k, v, gate, _ = self.queries_keys(x, None, segment_ids)
+    """[B, L, D] -> [B, L, D]; segment_ids: optional [B, L] document ids, as the wave mixer's."""
+    q, k, v, gate, _ = self.queries_keys(x, segment_ids=segment_ids)
     if self.mesh is None:
       y, _ = physics.retention_chunked(q, k, v, *self.constants(), self.chunk_size, segment_ids=segment_ids)
     else:
@@ -368,19 +420,19 @@ class RetentionMixer(WaveFieldMixer):
         axes=self.mesh_axes,
         segment_ids=segment_ids,
       )
-    return self._readout(q, y, gate)
+    return self._normed_output(y, gate)
 
   def prefill(self, x: jax.Array, cache: Cache | None = None) -> tuple[jax.Array, Cache]:
     if cache is None:
       cache = self.init_cache(x.shape[0])
-    q, k, v, gate, qkv = self.queries_keys(x, cache["conv"])
+    q, k, v, gate, history = self.queries_keys(x, cache["conv"])
     y, state = physics.retention_chunked(q, k, v, *self.constants(), self.chunk_size, initial_state=cache["wave"])
-    return self._readout(q, y, gate), {"conv": conv_history(qkv, cache["conv"]), "wave": state}
+    return self._normed_output(y, gate), {"conv": history, "wave": state}
 
   def step(self, x_t: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
-    q, k, v, gate, qkv = self.queries_keys(x_t[:, None], cache["conv"])  # L = 1
+    q, k, v, gate, history = self.queries_keys(x_t[:, None], cache["conv"])  # L = 1
     y_t, state = physics.retention_step(cache["wave"], q[:, 0], k[:, 0], v[:, 0], *self.constants())
-    return self._readout(q, y_t[:, None], gate)[:, 0], {"conv": conv_history(qkv, cache["conv"]), "wave": state}
+    return self._normed_output(y_t[:, None], gate)[:, 0], {"conv": history, "wave": state}
 
 
 class MLP(nnx.Module):

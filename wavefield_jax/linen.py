@@ -7,7 +7,7 @@ parameter state, constants included, as one Linen param; the forward pass merges
 mixer, so the math is the same code.
 
   mixer = linen.WaveFieldMixer(dim=256, num_heads=8, max_len=4096)
-  params = mixer.init(jax.random.key(0), x)["params"]  # params["mixer"]["speed_raw"], ... included
+  params = mixer.init(jax.random.key(0), x)["params"]  # params["mixer"]["field"]["speed_raw"], ... included
   y = mixer.apply({"params": params}, x)  # [B, L, D]
 """
 

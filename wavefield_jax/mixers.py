@@ -28,7 +28,8 @@ class MixerKind:
     module: its class.
     build: makes the mixer of one layer from the model config.
     wave_family: its decode state does not grow with the context (so a document is read whole, state
-      carried), and it has the three physical constants per head that analysis reads.
+      carried), and it has the three physical constants per head that analysis reads (`constants()`, and
+      `field`, a `layers.WaveConstants`).
     rotary: it uses rotary positions, which need an even head width.
   """
 
@@ -60,7 +61,7 @@ def wave_family_modules() -> tuple[type[nnx.Module], ...]:
   return tuple(entry.module for entry in REGISTRY.values() if entry.wave_family)
 
 
-def _wave_builder(module: type[layers.WaveFieldMixer]) -> Builder:
+def _wave_builder(module: type[nnx.Module]) -> Builder:
   def build(config, dtype, mesh, rngs):
     return module(
       config.dim,

@@ -113,7 +113,7 @@ def sharded_retention(
   axes: tuple[str, str] = (DATA, SEQ),
   segment_ids: jax.Array | None = None,
 ) -> jax.Array:
-  """`physics.retention_chunked` with q, k, v [B, L, H, .] split like `sharded_wave_conv`; the [B, H, K, V]
+  """`physics.retention_chunked` with q, k, v [B, L, H, .] split like `sharded_wave_conv`; the [B, H, K, M]
   state is what passes between devices."""
   shard_length, devices_seq = _check_split(q, mesh, axes)
 

@@ -222,6 +222,17 @@ def to_chunks(x: jax.Array, size: int, num_chunks: int | None = None) -> jax.Arr
   return x.reshape(batch, num_chunks, size, *x.shape[2:])
 
 
+def end_aligned(x: jax.Array, length: int) -> jax.Array:
+  """Chunks [B, C, T, ...] of `to_chunks` with the last chunk's padding moved before its positions, so that
+  every chunk ends at its last real position and the state it leaves (`chunk_end_states`) is the state
+  after that position. For end states only: the last chunk's positions no longer line up with the others'."""
+  size = x.shape[2]
+  pad = x.shape[1] * size - length
+  if pad == 0:
+    return x
+  return jnp.concatenate([x[:, :-1], jnp.roll(x[:, -1:], pad, axis=2)], axis=1)
+
+
 def from_chunks(x: jax.Array, length: int) -> jax.Array:
   """[B, C, T, ...] -> [B, L, ...], the inverse of `to_chunks` without its padding."""
   return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :length]

@@ -9,6 +9,7 @@ from wavefield_jax.physics._calls import check_constants, check_segments, check_
 from wavefield_jax.physics._common import (
   carried_response,
   chunk_masks,
+  end_aligned,
   entering_states,
   from_chunks,
   norm,
@@ -39,12 +40,12 @@ def _check_retention(q, k, v, speed, damping, phase):
 
 
 def _check_matrix_state(state, q, v, real: jnp.dtype) -> jax.Array:
-  """The [B, H, K, V] complex state carried into a retention call (zeros if None)."""
+  """The [B, H, K, M] complex state carried into a retention call (zeros if None)."""
   shape = (*q.shape[:1], q.shape[2], q.shape[3], v.shape[3])
   if state is None:
     return jnp.zeros(shape, complex_dtype(real))
   if jnp.shape(state) != shape:
-    raise ValueError(f"initial_state must have shape [B, H, K, V] = {shape}; got {jnp.shape(state)}")
+    raise ValueError(f"initial_state must have shape [B, H, K, M] = {shape}; got {jnp.shape(state)}")
   return jnp.asarray(state).astype(complex_dtype(real))
 
 
@@ -53,10 +54,10 @@ def _matrix_states(k: jax.Array, v: jax.Array, speed: jax.Array, damping: jax.Ar
 
   Args:
     k: [B, C, T, H, K].
-    v: [B, C, T, H, V].
+    v: [B, C, T, H, M].
 
   Returns:
-    [B, C, H, K, V] complex.
+    [B, C, H, K, M] complex.
   """
   reversed_powers = powers(speed, damping, k.shape[2])[:, ::-1]  # [H, T]: lambda**(T-1-s)
   parts = jnp.stack([jnp.real(reversed_powers), jnp.imag(reversed_powers)])  # [2, H, T]
@@ -76,23 +77,23 @@ def retention_chunked(
   initial_state: jax.Array | None = None,
   segment_ids: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-  """The content-addressed wave field by chunks: exact, O(L (T + K) K) time, a [K, V] state per head.
+  """The content-addressed wave field by chunks: exact, O(L (T + K) K) time, a [K, M] state per head.
 
   Args:
     q: [B, L, H, K] queries and keys.
     k: [B, L, H, K] queries and keys.
-    v: [B, L, H, V] values (float32 or bfloat16).
+    v: [B, L, H, M] values (float32 or bfloat16).
     speed: [H] wave speed, radians per token (> 0).
     damping: [H] damping, the inverse decay length (> 0).
     phase: [H] phase, radians.
     chunk_size: T, positions per chunk; L need not be a multiple of it.
-    initial_state: optional [B, H, K, V] complex state from positions before q.
+    initial_state: optional [B, H, K, M] complex state from positions before q.
     segment_ids: optional [B, L] document ids: nothing crosses a position whose id differs from the one
       before it (`physics.wave_conv`). The initial state belongs to the document at position 0.
 
   Returns:
-    y: [B, L, H, V] in the dtype of v, y[b, t, h] = sum_{s <= t} k_h(t - s) (q_t . k_s) v_s, and the
-    [B, H, K, V] complex state after the last position: sum_s lambda**(L - 1 - s) k_s v_s^T.
+    y: [B, L, H, M] in the dtype of v, y[b, t, h] = sum_{s <= t} k_h(t - s) (q_t . k_s) v_s, and the
+    [B, H, K, M] complex state after the last position: sum_s lambda**(L - 1 - s) k_s v_s^T.
   """
   speed, damping, phase = _check_retention(q, k, v, speed, damping, phase)
   segment_ids = check_segments(segment_ids, q)
@@ -106,29 +107,30 @@ def retention_chunked(
   if masks is not None:
     field = jnp.where(masks.same[:, :, None], field, 0)  # [B, C, H, T, T]
   scores = jnp.einsum("bcthk,bcshk->bchts", qc, kc, precision=precision) * field  # [B, C, H, T, T]
-  local = jnp.einsum("bchts,bcshv->bcthv", scores, vc, precision=precision)  # [B, C, T, H, V]
+  local = jnp.einsum("bchts,bcshv->bcthv", scores, vc, precision=precision)  # [B, C, T, H, M]
 
   ending = kc if masks is None else jnp.where(masks.to_end[..., None, None], kc, 0)  # the last document's keys
-  chunk_states = _matrix_states(ending, vc, speed, damping)  # [B, C, H, K, V]
+  chunk_states = _matrix_states(end_aligned(ending, length), end_aligned(vc, length), speed, damping)  # [B, C, H, K, M]
   initial_state = _check_matrix_state(initial_state, q, v, speed.dtype)
-  flat = chunk_states.reshape(batch, num_chunks, heads, -1)  # [B, C, H, K*V]: one state per (k, v) pair
+  flat = chunk_states.reshape(batch, num_chunks, heads, -1)  # [B, C, H, K*M]: one state per (k, v) pair
   carries = None if masks is None else masks.carries
   entering = entering_states(flat, speed, damping, chunk_size, initial_state.reshape(batch, heads, -1), carries)
-  entering = entering.reshape(chunk_states.shape)  # [B, C, H, K, V]
+  entering = entering.reshape(chunk_states.shape)  # [B, C, H, K, M]
+  # Re(response_t * (q_t . s)): each position reads the state through its own query, so these are matmuls
+  # already (their gradients too); `readout`, which broadcasts one state over the chunk, has nothing to add.
   read = [jnp.einsum("bcthk,bchkv->bcthv", qc, part(entering), precision=precision) for part in (jnp.real, jnp.imag)]
   response = carried_response(speed, damping, phase, chunk_size).T[:, :, None]  # [T, H, 1]
-  incoming = jnp.real(response) * read[0] - jnp.imag(response) * read[1]  # [B, C, T, H, V]
+  incoming = jnp.real(response) * read[0] - jnp.imag(response) * read[1]  # [B, C, T, H, M]
   if masks is not None:
     incoming = jnp.where(masks.from_entry[..., None, None], incoming, 0)
   y = from_chunks(local + incoming, length)
 
-  # The state after the real last position, not after the zero padding that follows it.
+  # The state after the last real position, as `wave_conv_chunked` finds it.
   tail = length - (num_chunks - 1) * chunk_size
-  tail_states = _matrix_states(ending[:, -1:, :tail], vc[:, -1:, :tail], speed, damping)[:, 0]  # [B, H, K, V]
   tail_hop = state_decay(speed, damping, tail)[None, :, None, None] * entering[:, -1]
   if masks is not None:
     tail_hop = jnp.where(masks.carries[:, -1, None, None, None], tail_hop, 0)
-  final_state = tail_hop + tail_states
+  final_state = tail_hop + chunk_states[:, -1]
   return y.astype(v.dtype), final_state
 
 
@@ -141,24 +143,24 @@ def retention_step(
   damping: jax.Array,
   phase: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-  """One token of the content-addressed wave: O(K V) per head whatever came before.
+  """One token of the content-addressed wave: O(K M) per head whatever came before.
 
   Args:
-    state: [B, H, K, V] complex, sum over earlier s of lambda**(t - 1 - s) k_s v_s^T.
+    state: [B, H, K, M] complex, sum over earlier s of lambda**(t - 1 - s) k_s v_s^T.
     q_t: [B, H, K].
     k_t: [B, H, K].
-    v_t: [B, H, V].
+    v_t: [B, H, M].
     speed: [H] wave speed, radians per token (> 0).
     damping: [H] damping, the inverse decay length (> 0).
     phase: [H] phase, radians.
 
   Returns:
-    y_t [B, H, V] float32 = norm Re(exp(i phi) q_t^T state'), and the new [B, H, K, V] complex state'.
+    y_t [B, H, M] float32 = norm Re(exp(i phi) q_t^T state'), and the new [B, H, K, M] complex state'.
   """
   speed, damping, phase = _check_retention(q_t[:, None], k_t[:, None], v_t[:, None], speed, damping, phase)
   decay = state_decay(speed, damping, 1)[None, :, None, None]  # [1, H, 1, 1]
-  outer = k_t.astype(speed.dtype)[..., :, None] * v_t.astype(speed.dtype)[..., None, :]  # [B, H, K, V]
+  outer = k_t.astype(speed.dtype)[..., :, None] * v_t.astype(speed.dtype)[..., None, :]  # [B, H, K, M]
   state = decay * state + outer
-  read = jnp.einsum("bhk,bhkv->bhv", q_t.astype(state.dtype), state)  # [B, H, V] complex
+  read = jnp.einsum("bhk,bhkv->bhv", q_t.astype(state.dtype), state)  # [B, H, M] complex
   y_t = norm(damping)[None, :, None] * jnp.real(rotation(phase)[None, :, None] * read)
   return y_t, state

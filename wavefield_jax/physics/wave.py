@@ -23,6 +23,7 @@ from wavefield_jax.physics._common import (
   chunk_end_states,
   chunk_masks,
   document_starts,
+  end_aligned,
   entering_states,
   from_chunks,
   norm,
@@ -313,7 +314,7 @@ def wave_conv_chunked(
   same = None if masks is None else masks.same
   local = _local_conv(x, speed, damping, phase, method, matmul_dtype, same)  # [B, C, T, H, K]
   ending = x if masks is None else jnp.where(masks.to_end[..., None, None], x, 0)  # the last document's sources
-  local_states = chunk_end_states(ending, speed, damping)  # [B, C, H, K]
+  local_states = chunk_end_states(end_aligned(ending, length), speed, damping)  # [B, C, H, K]
 
   initial_state = check_state(initial_state, u, speed.dtype)
   carries = None if masks is None else masks.carries
@@ -323,13 +324,13 @@ def wave_conv_chunked(
     incoming = jnp.where(masks.from_entry[..., None, None], incoming, 0)
   chex.assert_equal_shape([local, incoming, x])
   y = from_chunks(local + incoming, length)
-  # The state after the real last position, not after the zero padding that follows it.
+  # The state after the last real position: the entering state carried over the tail, plus what the
+  # tail's own sources leave (the last chunk's end state, its padding moved in front by `end_aligned`).
   tail = length - (num_chunks - 1) * chunk_size
   tail_hop = state_decay(speed, damping, tail)[None, :, None] * entering[:, -1]  # [B, H, K]: lambda**tail s
-  tail_sources = ending[:, -1, :tail]  # [B, tail, H, K]
   if masks is not None:
     tail_hop = jnp.where(masks.carries[:, -1, None, None], tail_hop, 0)
-  final_state = tail_hop + wave_state(tail_sources, speed, damping)
+  final_state = tail_hop + local_states[:, -1]
   return y.astype(u.dtype), final_state
 
 

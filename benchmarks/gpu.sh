@@ -35,7 +35,7 @@ if $dry_run; then
   export JAX_PLATFORMS=cpu
   # The chunk sweep runs the rows' own measurement at other chunk sizes: left out of the dry run.
   scaling=(--lengths 256 --sweep-lengths '' --repeats 1 --attention-max 256 --timeout 60)
-  throughput=(--lengths 128 --repeats 1 --models wave_fft,wave,transformer,hybrid)
+  throughput=(--lengths 128 --repeats 1 --models wave_fft,hybrid) # FFT, "auto" and attention: every path
   decode=(--contexts 256 --repeats 2)
   limits=(240 180 120) # a CPU shared with other work compiles slowly; the GPU run keeps its own caps
 else

@@ -40,7 +40,7 @@ def test_gpu_script_dry_run_needs_none_of_the_packages_the_gpu_machine_lacks(tmp
   assert {r["kind"] for r in rows} >= {"fft", "matmul", "attention"}
   assert all(r.get("error", BY_DESIGN[0]) in BY_DESIGN for r in rows), [r for r in rows if "error" in r]
   throughput = json.loads((out / "throughput.json").read_text())
-  assert {r["model"] for r in throughput["rows"]} == {"wave_fft", "wave", "transformer", "hybrid"}
+  assert {r["model"] for r in throughput["rows"]} == {"wave_fft", "hybrid"}
   assert all(r["tokens_per_s"] > 0 for r in throughput["rows"])
   decode = json.loads((out / "decode.json").read_text())
   assert all(r["latency_ms"] > 0 and "error" not in r for r in decode["rows"])

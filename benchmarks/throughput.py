@@ -1,6 +1,6 @@
 """Training throughput: tokens per second of one full jitted train step (forward, backward, AdamW).
 
-The default model size (D=128, 4 layers) as wave (its wave convolution by FFT, as before the matmul form,
+The default model size (D=128, 4 layers) as wave (its wave convolution by one FFT over the window,
 and by "auto"), Transformer, hybrid, and the selective and retention forms (4 layers of each), at several
 window lengths with the same 8192 tokens per step (batch = 8192 / L), float32, each case in a fresh process.
 

@@ -62,6 +62,7 @@ def physics_cases(rng, length):
   }
 
 
+@pytest.mark.slow
 def test_every_physics_form_keeps_documents_apart(rng):
   lengths = LENGTHS
   ids = packed_ids(lengths, rng)
@@ -123,6 +124,7 @@ MODEL_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", MODEL_CASES)
 def test_a_packed_row_gives_each_document_its_own_logits_and_gradients(rng, case):
   mixers, gradients = MODEL_CASES[case]
@@ -138,6 +140,7 @@ def test_a_packed_row_gives_each_document_its_own_logits_and_gradients(rng, case
       assert relative_error(got, want[path]) < 1e-4, jax.tree_util.keystr(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["wave", "selective", "retention"])
 def test_documents_stay_apart_across_devices(rng, kind):
   # 4 devices along the sequence, 12 positions each: starts inside a device's shard, on its first position

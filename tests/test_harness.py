@@ -45,6 +45,7 @@ def reference_logprobs(scorer: scoring.Scorer, inputs: np.ndarray, targets: np.n
   return logprobs[np.arange(len(targets)), targets], np.argmax(logits, -1) == targets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mixers", [("wave", "retention"), ("selective", "attention")])
 def test_loglikelihood_equals_the_forward_pass_on_the_same_tokens(rng, mixers):
   scorer = scorer_for(mixers)

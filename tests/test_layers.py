@@ -269,6 +269,7 @@ def test_retention_output_scale_does_not_grow_with_the_matches(rng):
   assert 0.5 < ratio < 2.0
 
 
+@pytest.mark.slow
 def test_param_labels_give_a_users_model_its_own_learning_rate_for_the_constants(rng):
   class Mine(nnx.Module):  # a user's model around the wave layer
     def __init__(self, rngs):

@@ -29,6 +29,7 @@ def test_linen_mixer_keeps_every_value_in_params_and_matches_the_nnx_mixer(kind,
   np.testing.assert_array_equal(module.apply(variables, x), module.apply(variables, x))
 
 
+@pytest.mark.slow
 def test_a_linen_training_loop_moves_the_constants_and_lowers_the_loss(rng):
   x = jnp.asarray(rng.standard_normal((4, 48, 16)), jnp.float32)
   module = linen.WaveFieldMixer(dim=16, num_heads=2, max_len=64)

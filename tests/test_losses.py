@@ -52,6 +52,7 @@ def loss_and_grads(config, batch):
   return fn, state["params"]
 
 
+@pytest.mark.slow
 def test_model_loss_with_tiles_equals_dense_logits(rng):
   batch = jnp.asarray(rng.integers(0, 512, (2, 51)))
   dense_fn, params = loss_and_grads(tiny_config(), batch)
@@ -66,6 +67,7 @@ def holds_logits(compiled_text: str, batch: int, length: int, vocab: int) -> boo
   return f"f32[{batch},{length},{vocab}]" in compiled_text
 
 
+@pytest.mark.slow
 def test_tiled_step_never_builds_the_logits(rng):
   # Training and evaluation: the compiled program of each has no [B, L, V] float32 array; the dense one
   # has, so the check can fail.

@@ -50,6 +50,7 @@ def toy_registered():
   del mixers.REGISTRY["cumulative_mean"]
 
 
+@pytest.mark.slow
 def test_a_mixer_registered_from_outside_runs_in_the_model(rng, toy_registered):
   config = model_config(
     vocab_size=40, dim=16, num_layers=2, num_heads=2, mlp_dim=32, mixers=("cumulative_mean", "wave")

@@ -17,6 +17,7 @@ def command(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+@pytest.mark.slow
 def test_help_lists_the_flags_and_every_config_key():
   done = command("train.py", "--help")
   assert done.returncode == 0

@@ -210,7 +210,7 @@ def test_gradients_through_constants_match_finite_differences(rng):
 @pytest.mark.parametrize(
   "method, chunk_size",
   # The chunked carry (matmul) and the FFT; the FFT in chunks is made of the two.
-  [("matmul", 16), pytest.param("fft", None, marks=pytest.mark.slow)],
+  [pytest.param("matmul", 16, marks=pytest.mark.slow), pytest.param("fft", None, marks=pytest.mark.slow)],
 )
 def test_forward_and_reverse_mode_through_the_constants_to_second_order(rng, method, chunk_size):
   # Analysing a trained model takes jvp, jacfwd and hessian through the constants, not only grad: every

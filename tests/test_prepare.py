@@ -115,6 +115,7 @@ def test_splits_depend_on_the_document_and_seed_only(rng, tmp_path):
   assert manifest["splits"]["train"]["documents"] == 195
 
 
+@pytest.mark.slow
 def test_parquet_and_text_inputs_and_two_workers(rng, tmp_path):
   import pyarrow as pa
   import pyarrow.parquet as pq
@@ -167,6 +168,7 @@ def prepare_in_process(capsys, *args) -> tuple[int, str]:
   return exit_info.value.code, lines
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_and_status_2(rng, tmp_path, capsys):
   good = write_jsonl(tmp_path / "good.jsonl", random_documents(rng, 20))
   (tmp_path / "empty.txt").write_bytes(b"")
@@ -231,6 +233,7 @@ def test_two_processes_read_disjoint_halves_of_each_epoch(rng, tmp_path):
   assert not epoch[0] & epoch[1] and epoch[0] | epoch[1] == every
 
 
+@pytest.mark.slow
 def test_training_reads_a_prepared_corpus_with_documents_apart(rng, tmp_path):
   documents = random_documents(rng, 80)
   prepare.prepare(

@@ -135,6 +135,7 @@ def test_the_project_mqar_asks_at_uniform_offsets():
   assert abs(np.mean(offsets < slots // 2) - 0.5) < 0.03
 
 
+@pytest.mark.slow
 def test_scoring_in_chunks_through_the_cache_equals_the_whole_forward(monkeypatch):
   import jax.numpy as jnp
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from wavefield_jax.errors import DataError
-
-SPLITS = ("train", "validation", "test")
+from wavefield_jax.prepare import SPLITS
 
 
 def files_stamp(files: dict[str, list[str]]) -> str:

@@ -430,8 +430,8 @@ def test_selective_and_retention_gradients_to_second_order(rng):
     def retention(q, speed, log_damping, phase):
       return retention_chunked(q, k, v, speed, jnp.exp(log_damping), phase, 6)[0]
 
-    # Forward mode to second order (the readout's own JVP rule, applied to itself) and reverse mode to the
-    # first (that rule transposed): mixed second-order checks took a minute of compiles for no other path.
+    # Forward mode to second order (the selective readout's own JVP rule, applied to itself) and reverse mode
+    # to the first (that rule transposed): mixed second-order checks took a minute of compiles.
     for fn, args in (
       (selective, (delta, speed, np.log(damping), phase)),
       (retention, (q, speed, np.log(damping), phase)),

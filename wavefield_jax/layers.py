@@ -200,14 +200,14 @@ def _wave_family_parts(
   mesh_axes: tuple[str, str] = (DATA, SEQ),
 ) -> None:
   """Gives a wave-family mixer its settings and its three parts, `sources`, `field` and `output`, built
-  in that order (so one seed gives every kind the same weights for them). Arguments: `WaveFieldMixer`'s."""
-  check_positive_ints(dim=dim, num_heads=num_heads, max_len=max_len)
-  physics.check_method(method, chunk_size, max_len)  # a bad method or chunk size fails here, named
-  mixer.dim, mixer.num_heads, mixer.dtype, mixer.param_dtype = dim, num_heads, dtype, param_dtype
-  mixer.method, mixer.chunk_size, mixer.mesh, mixer.mesh_axes = method, chunk_size, mesh, mesh_axes
+  in that order (so one seed gives every kind the same weights for them). Arguments: `WaveFieldMixer`'s;
+  the parts check the sizes they take."""
   mixer.sources = Sources(dim, num_heads, conv_width=conv_width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   mixer.field = WaveConstants(num_heads, max_len, constants, rngs=rngs)
   mixer.output = GatedOutput(dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  physics.check_method(method, chunk_size, max_len)  # a bad method or chunk size fails here, named
+  mixer.dim, mixer.num_heads, mixer.dtype, mixer.param_dtype = dim, num_heads, dtype, param_dtype
+  mixer.method, mixer.chunk_size, mixer.mesh, mixer.mesh_axes = method, chunk_size, mesh, mesh_axes
 
 
 def decode_cache(sources: Sources, batch_size: int, state_shape: tuple[int, ...]) -> Cache:

@@ -209,6 +209,34 @@ def test_bad_inputs_are_one_line_and_status_2(rng, tmp_path, capsys):
     prepare.load_prepared(tmp_path / "out", tokenizers.ByteTokenizer())
 
 
+@pytest.mark.slow
+def test_the_ray_engine_writes_what_the_process_pool_writes(rng, tmp_path, capsys, monkeypatch):
+  documents = random_documents(rng, 90)
+  inputs = [str(write_jsonl(tmp_path / f"{i}.jsonl", documents[30 * i : 30 * i + 30])) for i in range(3)]
+  in_processes = prepare.prepare(inputs, tmp_path / "processes", "gpt2", workers=2)
+
+  def not_here(todo, workers):
+    raise AssertionError("the ray engine ran its units in the process pool")
+
+  monkeypatch.setitem(prepare.ENGINES, "processes", not_here)
+  # The command on a local Ray instance of its own: the same shards, byte for byte, and the same manifest.
+  status, lines = prepare_in_process(
+    capsys, *inputs, "--output", tmp_path / "ray", "--tokenizer", "gpt2", "--engine", "ray"
+  )
+  assert status == 0 and not lines, lines
+  assert json.loads((tmp_path / "ray" / prepare.MANIFEST).read_text()) == in_processes
+  shards = sorted(p.name for p in (tmp_path / "processes").glob("*.array_record"))
+  assert shards and shards == sorted(p.name for p in (tmp_path / "ray").glob("*.array_record"))
+  for name in shards:
+    assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "processes" / name).read_bytes()
+  # A bad input in a Ray task is the worker's own one-line error, exit status 2, and no manifest.
+  (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\n{"text": \n')
+  bad = [inputs[0], tmp_path / "broken.jsonl", "--output", tmp_path / "bad", "--tokenizer", "bytes", "--engine", "ray"]
+  status, lines = prepare_in_process(capsys, *bad)
+  assert status == 2 and len(lines) == 1 and lines[0].endswith("broken.jsonl:2: not a JSON line (Expecting value)")
+  assert not (tmp_path / "bad" / prepare.MANIFEST).exists()
+
+
 def test_bytes_that_are_not_utf8_are_replaced_and_counted(tmp_path):
   (tmp_path / "a.txt").write_bytes(b"caf\xe9 au lait " * 20)  # Latin-1, not UTF-8
   manifest = prepare.prepare([f"train={tmp_path / 'a.txt'}"], tmp_path / "out", "gpt2")

@@ -18,8 +18,12 @@ units in flight and writes no document twice. `manifest.json` is written last:
    "sha256"}, ...]}, "validation": ..., "test": ...}}
 
 A record holds up to `block_tokens` tokens of the split's stream and where documents begin in it
-(`encode_block`); a document is its tokens followed by the tokenizer's separator. `prepare_unit` is the
-unit of work a distributed engine would run for corpora beyond one machine.
+(`encode_block`); a document is its tokens followed by the tokenizer's separator.
+
+`--engine` picks who runs the units: `processes` (a pool of `--workers` on this machine) or `ray`, one Ray
+task per unit on the cluster at `RAY_ADDRESS` (every node must see the inputs and `--output`, as on a shared
+filesystem) or, without it, on a local Ray instance of `--workers` CPUs. Both run `prepare_unit` and write
+the same bytes.
 """
 
 from __future__ import annotations
@@ -252,8 +256,12 @@ def prepare(
   column: str = "text",
   fractions: tuple[float, float, float] = (0.9, 0.05, 0.05),
   seed: int = 0,
+  engine: str = "processes",
 ) -> dict:
-  """Prepares `inputs` into `output` (resuming a killed run there); returns the manifest."""
+  """Prepares `inputs` into `output` (resuming a killed run there) with `engine` (`ENGINES`); returns the
+  manifest."""
+  if engine not in ENGINES:
+    raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
   if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
     raise ValueError(f"split fractions must be three numbers >= 0 that sum to 1; got {fractions}")
   tokenizer = get_tokenizer(tokenizer_name)  # a bad name or tokenizer file fails here, before any work
@@ -271,17 +279,54 @@ def prepare(
   done = {u.index: json.loads((output / f"{u.index:05d}.json").read_text()) for u in units if _finished(output, u)}
   todo = [(u, output, tokenizer_name, fractions, seed) for u in units if u.index not in done]
   with tqdm(total=len(units), initial=len(done), desc="prepare", unit="input", dynamic_ncols=True) as bar:
-    if workers > 1 and len(todo) > 1:
-      with multiprocessing.get_context("spawn").Pool(min(workers, len(todo))) as pool:
-        for record in pool.imap_unordered(_run_unit, todo):
-          done[record["unit"]] = record
-          bar.update(1)
-    else:
-      for arguments in todo:
-        record = _run_unit(arguments)
-        done[record["unit"]] = record
-        bar.update(1)
+    for record in ENGINES[engine](todo, workers):
+      done[record["unit"]] = record
+      bar.update(1)
   return _write_manifest(output, tokenizer, [done[u.index] for u in units])
+
+
+def _in_processes(todo: list[tuple], workers: int) -> Iterator[dict]:
+  """The units' records as they finish, from a pool of `workers` processes (in this one for a single unit)."""
+  if workers > 1 and len(todo) > 1:
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(todo))) as pool:
+      yield from pool.imap_unordered(_run_unit, todo)
+  else:
+    yield from map(_run_unit, todo)
+
+
+def _on_ray(todo: list[tuple], workers: int) -> Iterator[dict]:
+  """The units' records as they finish, one Ray task each: on the running Ray instance if there is one, else
+  on the cluster at RAY_ADDRESS, else on a local instance of `workers` CPUs (shut down at the end).
+
+  A task lost with its node is rerun by Ray; a unit's files are renamed into place only when complete, so a
+  rerun writes the same bytes. A unit's own error (a bad input) is raised here as the worker raised it."""
+  try:
+    import ray
+  except ImportError as error:
+    raise DataError("--engine ray needs Ray: pip install 'wavefield-jax[ray]'") from error
+  started = not ray.is_initialized()
+  if started:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
+    address = os.environ.get("RAY_ADDRESS")
+    cpus = None if address else workers
+    ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+  task = ray.remote(num_cpus=1)(_run_unit)
+  pending = [task.remote(arguments) for arguments in todo]
+  try:
+    while pending:
+      finished, pending = ray.wait(pending)
+      try:
+        yield ray.get(finished[0])
+      except ray.exceptions.RayTaskError as error:
+        raise (error.cause if isinstance(error.cause, DataError) else error) from None
+  finally:
+    for reference in pending:
+      ray.cancel(reference)
+    if started:
+      ray.shutdown()
+
+
+ENGINES = {"processes": _in_processes, "ray": _on_ray}
 
 
 def _finished(output: Path, unit: Unit) -> bool:
@@ -407,7 +452,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("inputs", nargs="+", metavar="INPUT", help="text, .jsonl, .parquet or tfds:NAME; SPLIT=INPUT")
   parser.add_argument("--output", required=True, help="the directory of shards and manifest.json")
   parser.add_argument("--tokenizer", required=True, help="bytes, gpt2 or hf:PATH/tokenizer.json")
-  parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="processes")
+  parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="processes (local CPUs)")
+  parser.add_argument("--engine", choices=list(ENGINES), default="processes", help="ray: one task per input")
   parser.add_argument("--text-key", default="text", help="the text's key in JSONL lines and TFDS features")
   parser.add_argument("--column", default="text", help="the text's column in Parquet files")
   parser.add_argument("--split-fractions", default="0.9,0.05,0.05", help="train,validation,test")
@@ -424,6 +470,7 @@ def main(argv: list[str] | None = None) -> None:
       column=args.column,
       fractions=fractions,
       seed=args.seed,
+      engine=args.engine,
     )
   except (DataError, ValueError) as error:
     print(f"wavefield-prepare: {error}", file=sys.stderr)

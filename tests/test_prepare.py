@@ -60,6 +60,12 @@ def test_prepared_shards_read_back_as_the_in_memory_streams_with_their_documents
     got_ids = input_pipeline.window_segment_ids(splits[split], first, 70)
     want_ids = input_pipeline.window_segment_ids(want.starts[split], first, 70)
     assert np.array_equal(np.diff(got_ids) != 0, np.diff(want_ids) != 0)
+    # Training batches with their ids, which a prepared split reads together: as from the in-memory stream.
+    got, expected = (
+      input_pipeline.train_dataset(tokens, 70, 4, seed=3, starts=starts)[2]
+      for tokens, starts in ((splits[split], splits[split]), (stream, want.starts[split]))
+    )
+    assert np.array_equal(got[0], expected[0]) and np.array_equal(np.diff(got[1]) != 0, np.diff(expected[1]) != 0)
 
 
 def test_records_split_documents_across_blocks(rng, tmp_path, monkeypatch):

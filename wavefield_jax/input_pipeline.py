@@ -119,6 +119,8 @@ def train_dataset(
   windows = grain.MapDataset.range(num_windows)[shard_index::shard_count].shuffle(seed=seed).repeat()
   if starts is None:
     windows = windows.map(lambda i: tokens[i * seq_len : i * seq_len + seq_len + 1])
+  elif not isinstance(starts, np.ndarray):  # a prepared split: tokens and ids from one read of its records
+    windows = windows.map(lambda i: starts.window(i * seq_len, seq_len + 1))
   else:
     windows = windows.map(
       lambda i: (

@@ -363,7 +363,7 @@ def _write_manifest(output: Path, tokenizer, records: list[dict]) -> dict:
 
 class PreparedSplit:
   """One split of a prepared corpus, read by random access: `tokens[a:b]` (or an integer index array) reads
-  only the records it needs, and `segment_ids(first, length)` gives windows' document ids.
+  only the records it needs; `window(first, length)` gives a window's tokens and document ids together.
 
   Nothing the size of the corpus is held: the shards' token counts, and an open reader over them.
   """
@@ -412,16 +412,18 @@ class PreparedSplit:
     low, high = int(index.min()), int(index.max()) + 1
     return self._records(low, high)[0][index - low]
 
+  def window(self, first: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `length` tokens at `first` and their document ids, both [length] int32, from one read: the ids
+    change where a document starts, at the separator before its first token (as `input_pipeline.Corpus`
+    counts)."""
+    # A document whose first token follows the window can still start at its separator inside it.
+    tokens, begins = self._records(first, min(first + length + self.separator_length, self.size))
+    starts = begins[begins > 0] - self.separator_length
+    return tokens[:length], np.searchsorted(starts, first + np.arange(length), side="right").astype(np.int32)
+
   def segment_ids(self, first: np.ndarray, length: int) -> np.ndarray:
-    """[N, length] int32 document ids of the windows at `first` [N]: they change where a document starts,
-    at the separator before its first token (as `input_pipeline.Corpus` counts)."""
-    rows = []
-    for start in np.asarray(first):
-      # A document whose first token follows the window can still start at its separator inside it.
-      _, begins = self._records(int(start), min(int(start) + length + self.separator_length, self.size))
-      starts = begins[begins > 0] - self.separator_length
-      rows.append(np.searchsorted(starts, start + np.arange(length), side="right"))
-    return np.asarray(rows, np.int32)
+    """[N, length] int32 document ids of the windows at `first` [N] (`window`)."""
+    return np.asarray([self.window(int(start), length)[1] for start in np.asarray(first)], np.int32)
 
 
 def load_prepared(directory: str | Path, tokenizer, verify: bool = True) -> dict[str, PreparedSplit]:

@@ -263,6 +263,39 @@ def accuracy_at(model, case: dict, length: int, seed: int) -> float:
   return hits / total
 
 
+def clock_reach(model, case: dict, seed: int) -> list[dict]:
+  """Per selective layer, the head that carries a stored token furthest on unseen sequences at the training
+  length: its mean clock step there, and after how many such tokens its field has halved (ln 2 / (damping x
+  step)) or turned a quarter ((pi / 2) / (speed x step)), either of which loses what it stored. [] for a
+  model without selective layers."""
+  from flax import nnx
+
+  from wavefield_jax import analysis
+  from wavefield_jax.layers import SelectiveWaveMixer
+
+  selective = [mixer for _, mixer in nnx.iter_modules(model) if isinstance(mixer, SelectiveWaveMixer)]
+  if not selective:
+    return []
+  tokens, _ = TASKS[case["task"]](np.random.default_rng(seed), 64, case["length"], case["pairs"], case["vocab"])
+  rows = []
+  for (layer, delta), mixer in zip(analysis.clock_steps(model, tokens[:, :-1]), selective, strict=True):
+    speed, damping, _ = (np.asarray(c, np.float64) for c in mixer.constants())
+    step = delta.reshape(-1, delta.shape[-1]).mean(0)  # [H]
+    with np.errstate(divide="ignore"):
+      half_life, quarter_turn = np.log(2) / (damping * step), (np.pi / 2) / (speed * step)
+    head = int(np.argmax(np.minimum(half_life, quarter_turn)))
+    rows.append(
+      {
+        "layer": layer,
+        "head": head,
+        "mean_step": float(step[head]),
+        "half_life_tokens": float(half_life[head]),
+        "quarter_turn_tokens": float(quarter_turn[head]),
+      }
+    )
+  return rows
+
+
 def case_config(case: dict):
   """The run's config: the case's model at its length, vocabulary and learning rate."""
   from wavefield_jax.config import base_config
@@ -312,6 +345,7 @@ def measure(case: dict) -> dict:
     "accuracy": accuracy[str(case["length"])],
     "accuracy_at": accuracy,
     "state_floats": state_floats(model, case["length"]),
+    "clock_reach": clock_reach(model, case, seed=12345),
     "final_train_loss": loss_curve[-1][1] if loss_curve else float(metrics["loss"]),
     "loss_curve": loss_curve,
     "train_seconds": train_seconds,

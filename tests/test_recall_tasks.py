@@ -165,3 +165,27 @@ def test_state_floats_count_the_decode_cache():
   assert recall.state_floats(transformer, length) == 2 * 2 * length * dim  # keys and values
   retention = build_model(recall.case_config(case | {"model": "retention_h1"}), 0)[2]
   assert recall.state_floats(retention, length) >= 2 * 2 * dim * dim  # a K x K complex state per head
+
+
+def test_clock_reach_is_where_the_physics_halves_and_turns_the_field():
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from wavefield_jax import physics
+  from wavefield_jax.layers import SelectiveWaveMixer
+  from wavefield_jax.train_lib import build_model
+
+  case = dict(task="induction_heads", length=64, pairs=0, vocab=16, steps=1, learning_rate=1e-3)
+  seed = int(np.random.SeedSequence().entropy % 2**31)
+  model = build_model(recall.case_config(case | {"model": "selective_retention"}), seed)[2]
+  (reach,) = recall.clock_reach(model, case, seed=seed)  # one selective layer, under the retention layer
+  mixer = next(m for _, m in nnx.iter_modules(model) if isinstance(m, SelectiveWaveMixer))
+  speed, damping, _ = mixer.constants()
+  for tokens, want in ((reach["half_life_tokens"], 0.5), (reach["quarter_turn_tokens"], None)):
+    elapsed = jnp.full((1, 1, speed.shape[0]), reach["mean_step"] * tokens)  # that many tokens at the mean step
+    decay = np.asarray(physics.selective_decay(elapsed, speed, damping))[0, reach["head"]]
+    if want is None:
+      assert np.angle(decay) == pytest.approx(np.pi / 2, rel=1e-4)
+    else:
+      assert abs(decay) == pytest.approx(want, rel=1e-4)
+  assert recall.clock_reach(build_model(recall.case_config(case | {"model": "transformer"}), seed)[2], case, 0) == []

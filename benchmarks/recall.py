@@ -265,9 +265,10 @@ def accuracy_at(model, case: dict, length: int, seed: int) -> float:
 
 def clock_reach(model, case: dict, seed: int) -> list[dict]:
   """Per selective layer, the head that carries a stored token furthest on unseen sequences at the training
-  length: its mean clock step there, and after how many such tokens its field has halved (ln 2 / (damping x
-  step)) or turned a quarter ((pi / 2) / (speed x step)), either of which loses what it stored. [] for a
-  model without selective layers."""
+  length: its median clock step there (what an ordinary token advances it; the few tokens that write or read
+  may step far more), and after how many such tokens its field has halved (ln 2 / (damping x step)) or turned
+  a quarter ((pi / 2) / (speed x step)), either of which loses what it stored. [] for a model without
+  selective layers."""
   from flax import nnx
 
   from wavefield_jax import analysis
@@ -280,7 +281,7 @@ def clock_reach(model, case: dict, seed: int) -> list[dict]:
   rows = []
   for (layer, delta), mixer in zip(analysis.clock_steps(model, tokens[:, :-1]), selective, strict=True):
     speed, damping, _ = (np.asarray(c, np.float64) for c in mixer.constants())
-    step = delta.reshape(-1, delta.shape[-1]).mean(0)  # [H]
+    step = np.median(delta.reshape(-1, delta.shape[-1]), axis=0)  # [H]
     with np.errstate(divide="ignore"):
       half_life, quarter_turn = np.log(2) / (damping * step), (np.pi / 2) / (speed * step)
     head = int(np.argmax(np.minimum(half_life, quarter_turn)))
@@ -288,7 +289,7 @@ def clock_reach(model, case: dict, seed: int) -> list[dict]:
       {
         "layer": layer,
         "head": head,
-        "mean_step": float(step[head]),
+        "median_step": float(step[head]),
         "half_life_tokens": float(half_life[head]),
         "quarter_turn_tokens": float(quarter_turn[head]),
       }

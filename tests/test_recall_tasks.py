@@ -182,7 +182,7 @@ def test_clock_reach_is_where_the_physics_halves_and_turns_the_field():
   mixer = next(m for _, m in nnx.iter_modules(model) if isinstance(m, SelectiveWaveMixer))
   speed, damping, _ = mixer.constants()
   for tokens, want in ((reach["half_life_tokens"], 0.5), (reach["quarter_turn_tokens"], None)):
-    elapsed = jnp.full((1, 1, speed.shape[0]), reach["mean_step"] * tokens)  # that many tokens at the mean step
+    elapsed = jnp.full((1, 1, speed.shape[0]), reach["median_step"] * tokens)  # that many tokens at the median step
     decay = np.asarray(physics.selective_decay(elapsed, speed, damping))[0, reach["head"]]
     if want is None:
       assert np.angle(decay) == pytest.approx(np.pi / 2, rel=1e-4)

@@ -68,6 +68,37 @@ def test_prepared_shards_read_back_as_the_in_memory_streams_with_their_documents
     assert np.array_equal(got[0], expected[0]) and np.array_equal(np.diff(got[1]) != 0, np.diff(expected[1]) != 0)
 
 
+@pytest.mark.parametrize("name", ["bytes", "gpt2"])
+def test_a_text_file_is_tokenized_in_pieces_as_it_would_be_whole(rng, tmp_path, monkeypatch, name):
+  monkeypatch.setattr(prepare, "PIECE_BYTES", 97)  # the file is read in dozens of pieces
+  text = "".join(random_documents(rng, 6))
+  (tmp_path / "a.txt").write_text(text)
+  tokenizer = tokenizers.get_tokenizer(name)
+  pieces = list(prepare.TextFile(tmp_path / "a.txt").pieces(tokenizer))
+  assert len(pieces) > 5 and b"".join(pieces) == text.encode()
+  fractions = (0.5, 0.3, 0.2)
+  manifest = prepare.prepare([str(tmp_path / "a.txt")], tmp_path / "out", name, fractions=fractions)
+  split = prepare.split_of(text.encode(), 0, fractions)  # the split of the whole text, hashed at once
+  assert manifest["splits"][split]["documents"] == 1 and manifest["bytes_in"] == len(text.encode())
+  got = prepare.load_prepared(tmp_path / "out", tokenizer)[split][:]
+  assert np.array_equal(got, [*tokenizer.encode(text), *tokenizer.separator])
+
+
+def test_gpt2_cuts_leave_the_tokens_of_the_whole_text(rng):
+  # Adversarial text: runs of ASCII and non-ASCII whitespace, contractions, digits and accents around newlines.
+  gpt2 = tokenizers.get_tokenizer("gpt2")
+  alphabet = ["\n", "\n\n", " ", "  ", "\u00a0", "\u2028", "\t", "'s", "'", "a", "Wave", "7", "\u00e9", ".", "x\n"]
+  cuts = 0
+  for _ in range(300):
+    data = "".join(rng.choice(alphabet, rng.integers(2, 40))).encode()
+    cut = gpt2.cut(data[: rng.integers(1, len(data) + 1)])
+    if cut:
+      cuts += 1
+      assert [*gpt2.encode(data[:cut]), *gpt2.encode(data[cut:])] == list(gpt2.encode(data)), data
+  assert cuts > 50
+  assert gpt2.cut(b"no newline at all") == 0 and gpt2.cut(b"a \nb") == 0 and gpt2.cut(b"a\nb") == 2
+
+
 def test_records_split_documents_across_blocks(rng, tmp_path, monkeypatch):
   # Blocks of 64 tokens: documents of up to 400 bytes span several records; reading still agrees.
   monkeypatch.setattr(prepare, "BLOCK_TOKENS", 64)

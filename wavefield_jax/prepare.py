@@ -3,7 +3,7 @@
   wavefield-prepare INPUT... --output DIR --tokenizer NAME [--workers N] [--text-key KEY] [--column NAME]
       [--split-fractions 0.9,0.05,0.05] [--seed S]
 
-An INPUT is a text file (one document), a JSONL file (one document per line, its `--text-key`), a Parquet
+An INPUT is a text file (one document, streamed in pieces: `TextFile`), a JSONL file (one document per line, its `--text-key`), a Parquet
 file (one document per row of `--column`), or `tfds:NAME[:SPLIT]` (a prepared TFDS dataset, its
 `--text-key` feature); `SPLIT=INPUT` puts all its documents in that split. Other documents go to a split
 chosen by a hash of their text and the seed, so a document's split depends on nothing else.
@@ -48,6 +48,7 @@ from wavefield_jax.tokenizers import Tokenizer, get_tokenizer, tokenizer_digest
 
 SPLITS = ("train", "validation", "test")
 BLOCK_TOKENS = 4096  # tokens per record: a training window reads one or two
+PIECE_BYTES = 1 << 26  # a text file is read and tokenized in pieces of about this many bytes
 MANIFEST = "manifest.json"
 
 
@@ -76,14 +77,42 @@ def decode_block(record: bytes, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray
   return tokens, np.frombuffer(record[8 + size : 8 + size + 4 * int(begins)], np.uint32)
 
 
-def split_of(text: bytes, seed: int, fractions: tuple[float, ...]) -> str:
-  """The split of a document: where sha256(seed, text) falls among the cumulative fractions."""
-  digest = hashlib.sha256(seed.to_bytes(8, "little") + text).digest()
-  point = int.from_bytes(digest[:8], "little") / 2**64
+@dataclasses.dataclass(frozen=True)
+class TextFile:
+  """A text file: one document, never held whole. It is read once to hash it for its split and once in
+  pieces to tokenize it, each piece ending where the tokenizer can `cut` (a tokenizer with no such place
+  reads it whole)."""
+
+  path: Path
+
+  def chunks(self) -> Iterator[bytes]:
+    opener = gzip.open if self.path.suffix == ".gz" else open
+    with opener(self.path, "rb") as f:
+      while chunk := f.read(PIECE_BYTES):
+        yield chunk
+
+  def pieces(self, tokenizer: Tokenizer) -> Iterator[bytes]:
+    rest = b""
+    for chunk in self.chunks():
+      rest += chunk
+      if cut := tokenizer.cut(rest):
+        yield rest[:cut]
+        rest = rest[cut:]
+    if rest:
+      yield rest
+
+
+def split_of(text: bytes | Iterable[bytes], seed: int, fractions: tuple[float, ...]) -> str:
+  """The split of a document (its bytes, or its chunks in order): where sha256(seed, text) falls among the
+  cumulative fractions."""
+  digest = hashlib.sha256(seed.to_bytes(8, "little"))
+  for chunk in [text] if isinstance(text, bytes) else text:
+    digest.update(chunk)
+  point = int.from_bytes(digest.digest()[:8], "little") / 2**64
   return SPLITS[min(int(np.searchsorted(np.cumsum(fractions), point, side="right")), len(SPLITS) - 1)]
 
 
-def read_documents(unit: Unit) -> Iterator[bytes]:
+def read_documents(unit: Unit) -> Iterator[bytes | TextFile]:
   """The documents of one input, streamed; a malformed one is a DataError naming the file and line."""
   if unit.source.startswith("tfds:"):
     import tensorflow_datasets as tfds
@@ -119,8 +148,7 @@ def read_documents(unit: Unit) -> Iterator[bytes]:
     for batch in table.iter_batches(columns=[unit.column], batch_size=1024):
       yield from (_as_bytes(text) for text in batch.column(0).to_pylist())
   else:
-    with opener(path, "rb") as f:
-      yield f.read()
+    yield TextFile(path)
 
 
 def _as_bytes(text) -> bytes:
@@ -140,10 +168,11 @@ class ShardWriter:
     self.pending_tokens, self.begins = 0, []
     self.tokens = self.documents = 0
 
-  def add(self, tokens: np.ndarray) -> None:
-    """Appends one document (its tokens and separator)."""
-    self.begins.append(self.pending_tokens)
-    self.documents += 1
+  def add(self, tokens: np.ndarray, begins_document: bool = True) -> None:
+    """Appends a document's first tokens, or with `begins_document=False` more of the last one."""
+    if begins_document:
+      self.begins.append(self.pending_tokens)
+      self.documents += 1
     while len(tokens):
       take = tokens[: BLOCK_TOKENS - self.pending_tokens]
       self.pending.append(take)
@@ -190,29 +219,37 @@ def prepare_unit(unit: Unit, output: Path, tokenizer_name: str, fractions: tuple
 def write_unit(
   index: int,
   source: str,
-  documents: Iterable[tuple[str | None, bytes]],
+  documents: Iterable[tuple[str | None, bytes | TextFile]],
   output: Path,
   tokenizer: Tokenizer,
   fractions: tuple[float, ...],
   seed: int,
 ) -> dict:
-  """Writes (split or None, text) documents as the shards of unit `index` and its record (`prepare_unit`)."""
+  """Writes (split or None, document) pairs as the shards of unit `index` and its record (`prepare_unit`);
+  an empty document is skipped."""
   dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
   separator = np.asarray(tokenizer.separator, np.int32)
   writers = {split: ShardWriter(output / f"{split}-{index:05d}.array_record", dtype) for split in SPLITS}
   bytes_in = replaced = 0
-  for split, text in documents:
-    bytes_in += len(text)
-    if not text:
-      continue
-    split = split or split_of(text, seed, fractions)
-    decoded = text
-    if tokenizer.name != "bytes":  # decoded once here, so the tokenizer does not decode again
-      try:
-        decoded = text.decode("utf-8")
-      except UnicodeDecodeError:
-        decoded, replaced = text.decode("utf-8", errors="replace"), replaced + 1
-    writers[split].add(np.concatenate([tokenizer.encode(decoded), separator]))
+  for split, document in documents:
+    whole = isinstance(document, bytes)
+    split = split or split_of(document if whole else document.chunks(), seed, fractions)
+    written = not_utf8 = False
+    for piece in [document] if whole else document.pieces(tokenizer):
+      bytes_in += len(piece)
+      if not piece:
+        continue
+      decoded = piece
+      if tokenizer.name != "bytes":  # decoded once here, so the tokenizer does not decode again
+        try:
+          decoded = piece.decode("utf-8")
+        except UnicodeDecodeError:
+          decoded, not_utf8 = piece.decode("utf-8", errors="replace"), True
+      writers[split].add(tokenizer.encode(decoded), begins_document=not written)
+      written = True
+    if written:
+      writers[split].add(separator, begins_document=False)
+    replaced += not_utf8
   shards = {split: entry for split, writer in writers.items() if (entry := writer.close()) is not None}
   record = {"unit": index, "source": source, "shards": shards, "bytes_in": bytes_in, "replaced": replaced}
   write_text_atomic(output / f"{index:05d}.json", json.dumps(record))

@@ -2,8 +2,9 @@
 all offline.
 
 Each has `encode(bytes | str) -> [N] int32`, `decode(tokens) -> str`, `vocab_size`, the `separator`
-put between documents, and `token_bytes` (how many bytes each token stands for), which makes bits
-per byte comparable across tokenizers.
+put between documents, `token_bytes` (how many bytes each token stands for), which makes bits per byte
+comparable across tokenizers, and `cut(data)`: where a text can be split so that its two parts' tokens are
+the whole text's (0 where there is no such place), so a large file is tokenized in pieces.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class ByteTokenizer:
 
   def decode(self, tokens) -> str:
     return bytes(np.asarray(tokens, np.uint8).tolist()).decode("utf-8", errors="replace")
+
+  def cut(self, data: bytes) -> int:
+    """Anywhere: each byte is its own token."""
+    return len(data)
 
 
 def gpt2_files() -> Path:
@@ -74,6 +79,17 @@ class GPT2Tokenizer:
 
   def decode(self, tokens) -> str:
     return self.encoding.decode([int(t) for t in tokens])
+
+  def cut(self, data: bytes) -> int:
+    """The last place just after a newline that follows a printable ASCII character and comes before an
+    ASCII letter or digit: the pattern makes that newline a pre-token of its own there and starts the next
+    one after it, with or without the rest of the text (a longer or non-ASCII whitespace run would not)."""
+    end = len(data)
+    while (newline := data.rfind(b"\n", 0, end)) > 0:
+      if 0x21 <= data[newline - 1] <= 0x7E and data[newline + 1 : newline + 2].isalnum():
+        return newline + 1
+      end = newline
+    return 0
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -124,6 +140,11 @@ class HFTokenizer:
 
   def decode(self, tokens) -> str:
     return self.tokenizer.decode([int(t) for t in tokens], skip_special_tokens=False)
+
+  def cut(self, data: bytes) -> int:
+    """Nowhere: an arbitrary tokenizer.json gives no place where its tokens are known not to change."""
+    del data
+    return 0
 
 
 Tokenizer = ByteTokenizer | GPT2Tokenizer | HFTokenizer

@@ -95,7 +95,7 @@ def test_gpt2_cuts_leave_the_tokens_of_the_whole_text(rng):
     if cut:
       cuts += 1
       assert [*gpt2.encode(data[:cut]), *gpt2.encode(data[cut:])] == list(gpt2.encode(data)), data
-  assert cuts > 50
+  assert cuts > 20  # about 60 of the 300 prefixes hold a place to cut
   assert gpt2.cut(b"no newline at all") == 0 and gpt2.cut(b"a \nb") == 0 and gpt2.cut(b"a\nb") == 2
 
 

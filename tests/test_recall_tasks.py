@@ -167,6 +167,7 @@ def test_state_floats_count_the_decode_cache():
   assert recall.state_floats(retention, length) >= 2 * 2 * dim * dim  # a K x K complex state per head
 
 
+@pytest.mark.slow
 def test_clock_reach_is_where_the_physics_halves_and_turns_the_field():
   import jax.numpy as jnp
   from flax import nnx

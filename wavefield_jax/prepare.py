@@ -3,10 +3,11 @@
   wavefield-prepare INPUT... --output DIR --tokenizer NAME [--workers N] [--text-key KEY] [--column NAME]
       [--split-fractions 0.9,0.05,0.05] [--seed S]
 
-An INPUT is a text file (one document, streamed in pieces: `TextFile`), a JSONL file (one document per line, its `--text-key`), a Parquet
-file (one document per row of `--column`), or `tfds:NAME[:SPLIT]` (a prepared TFDS dataset, its
-`--text-key` feature); `SPLIT=INPUT` puts all its documents in that split. Other documents go to a split
-chosen by a hash of their text and the seed, so a document's split depends on nothing else.
+An INPUT is a text file (one document, streamed in pieces: `TextFile`), a JSONL file (one document per
+line, its `--text-key`), a Parquet file (one document per row of `--column`), or `tfds:NAME[:SPLIT]` (a
+prepared TFDS dataset, its `--text-key` feature); `SPLIT=INPUT` puts all its documents in that split.
+Other documents go to a split chosen by a hash of their text and the seed, so a document's split depends on
+nothing else.
 
 Each input is one unit of work: a worker process streams its documents, tokenizes them and writes one
 shard per split, `{split}-{unit}.array_record`, under a temporary name renamed when complete, then the

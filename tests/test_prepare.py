@@ -207,12 +207,17 @@ def prepare_in_process(capsys, *args) -> tuple[int, str]:
 
 @pytest.mark.slow
 def test_bad_inputs_are_one_line_and_status_2(rng, tmp_path, capsys):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
   good = write_jsonl(tmp_path / "good.jsonl", random_documents(rng, 20))
   (tmp_path / "empty.txt").write_bytes(b"")
   (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\n{"text": \n')
   write_jsonl(tmp_path / "other_key.jsonl", ["a", "b"], key="body")
   (tmp_path / "bad.json").write_text("{not a tokenizer")
+  pq.write_table(pa.table({"body": ["a", "b"]}), tmp_path / "no_text.parquet")
   cases = [
+    ([tmp_path / "no_text.parquet"], "bytes", "no_text.parquet has no column 'text' (set it with --column)"),
     ([tmp_path / "empty.txt"], "bytes", "empty.txt is empty"),
     ([tmp_path / "broken.jsonl"], "bytes", "broken.jsonl:2: not a JSON line"),
     ([tmp_path / "other_key.jsonl"], "bytes", "other_key.jsonl:1: no 'text' key"),

@@ -465,11 +465,12 @@ def write(rows: list[dict]) -> None:
     lengths = sorted({int(n) for _, _, row in long_rows for n in row["accuracy_at"]})
     table += "\n\n" + common.markdown_table(
       [
-        [case_name(dict(zip(SPEC_KEYS, spec, strict=True))), model, f"{row['state_floats']:,}"]
+        [case_name(dict(zip(SPEC_KEYS, spec, strict=True))), f"{spec[-2]:,} x {spec[-1]:,}", model]
+        + [f"{row['state_floats']:,}"]
         + [percent(row["accuracy_at"].get(str(n), "-")) for n in lengths]
         for spec, model, row in sorted(long_rows, key=lambda r: (r[0], model_order(r[1])))
       ],
-      ["case", "model", "state floats", *(f"L={n:,}" for n in lengths)],
+      ["case", "steps x tokens", "model", "state floats", *(f"L={n:,}" for n in lengths)],
     )
     table += (
       "\n\nTrained at the first length, scored at each: "
@@ -479,12 +480,17 @@ def write(rows: list[dict]) -> None:
       " out of memory: its L x L scores per head pass 4 GiB."
     )
   common.write_results("recall", {"machine": common.machine(), "rows": rows}, table)
-  fig, (bars, front) = plt.subplots(1, 2, figsize=(max(10, 1.2 * len(specs) * max(1, len(models) / 4)), 4.2))
+  # A case trained at several budgets is named with its steps x tokens in the plot.
+  labels = [
+    f"{name}\n{spec[-2]:,} x {spec[-1]:,}" if names.count(name) > 1 else name
+    for name, spec in zip(names, specs, strict=True)
+  ]
+  fig, (bars, front) = plt.subplots(1, 2, figsize=(min(24, max(10, 1.2 * len(specs) * max(1, len(models) / 4))), 4.6))
   width = 0.8 / len(models)
   for i, model in enumerate(models):
     values = [100 * best[(spec, model)]["accuracy"] if (spec, model) in best else 0.0 for spec in specs]
     bars.bar(np.arange(len(specs)) + i * width, values, width, color=f"C{i % 10}", label=model)
-  bars.set_xticks(np.arange(len(specs)) + width * (len(models) - 1) / 2, names, fontsize=6, rotation=20)
+  bars.set_xticks(np.arange(len(specs)) + width * (len(models) - 1) / 2, labels, fontsize=6, rotation=20)
   bars.set_ylabel("answer accuracy at the training length (%)")
   bars.set_ylim(0, 100)
   bars.legend(fontsize=6, ncol=2)

@@ -157,7 +157,7 @@ def throughput(case: dict) -> dict:
   import jax
 
   from wavefield_jax import input_pipeline
-  from wavefield_jax.prepare import load_prepared
+  from wavefield_jax.prepared import load_prepared
   from wavefield_jax.tokenizers import get_tokenizer
   from wavefield_jax.train_lib import init_state, make_train_step
 

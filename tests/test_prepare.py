@@ -9,7 +9,7 @@ import helpers
 import numpy as np
 import pytest
 
-from wavefield_jax import input_pipeline, prepare, tokenizers
+from wavefield_jax import input_pipeline, prepare, prepared, tokenizers
 from wavefield_jax.errors import DataError
 
 WORDS = ["wave", "field", "damped", "the", "of", "speed", "phase", "token", "\u00e9t\u00e9", "\n"]
@@ -28,7 +28,7 @@ def in_memory(documents, tokenizer, seed=0, fractions=(0.9, 0.05, 0.05)) -> inpu
   """The reference: the same documents split by the same hash, each one's tokens then the separator, and
   each document starting at the separator before it (the first at 0)."""
   tokens, starts = {}, {}
-  for split in prepare.SPLITS:
+  for split in prepared.SPLITS:
     encoded = [
       [*tokenizer.encode(d.encode()), *tokenizer.separator]
       for d in documents
@@ -48,8 +48,8 @@ def test_prepared_shards_read_back_as_the_in_memory_streams_with_their_documents
   manifest = prepare.prepare([str(p) for p in inputs], tmp_path / "out", name, workers=1, fractions=fractions)
   tokenizer = tokenizers.get_tokenizer(name)
   want = in_memory(documents, tokenizer, fractions=fractions)
-  splits = prepare.load_prepared(tmp_path / "out", tokenizer)
-  for split in prepare.SPLITS:
+  splits = prepared.load_prepared(tmp_path / "out", tokenizer)
+  for split in prepared.SPLITS:
     stream = want.tokens[split]
     assert manifest["splits"][split]["tokens"] == stream.size == splits[split].size
     assert manifest["splits"][split]["documents"] == len(want.starts[split])
@@ -76,11 +76,14 @@ def test_a_text_file_is_tokenized_in_pieces_as_it_would_be_whole(rng, tmp_path, 
   tokenizer = tokenizers.get_tokenizer(name)
   pieces = list(prepare.TextFile(tmp_path / "a.txt").pieces(tokenizer))
   assert len(pieces) > 5 and b"".join(pieces) == text.encode()
+  (tmp_path / "one_line.txt").write_text(text.replace("\n", " "))  # nowhere to cut for GPT-2: one piece
+  one_line = list(prepare.TextFile(tmp_path / "one_line.txt").pieces(tokenizer))
+  assert b"".join(one_line) == text.replace("\n", " ").encode() and (len(one_line) == 1) == (name == "gpt2")
   fractions = (0.5, 0.3, 0.2)
   manifest = prepare.prepare([str(tmp_path / "a.txt")], tmp_path / "out", name, fractions=fractions)
   split = prepare.split_of(text.encode(), 0, fractions)  # the split of the whole text, hashed at once
   assert manifest["splits"][split]["documents"] == 1 and manifest["bytes_in"] == len(text.encode())
-  got = prepare.load_prepared(tmp_path / "out", tokenizer)[split][:]
+  got = prepared.load_prepared(tmp_path / "out", tokenizer)[split][:]
   assert np.array_equal(got, [*tokenizer.encode(text), *tokenizer.separator])
 
 
@@ -104,7 +107,7 @@ def test_records_split_documents_across_blocks(rng, tmp_path, monkeypatch):
   monkeypatch.setattr(prepare, "BLOCK_TOKENS", 64)
   documents = random_documents(rng, 30)
   prepare.prepare([str(write_jsonl(tmp_path / "a.jsonl", documents))], tmp_path / "out", "bytes", fractions=(1, 0, 0))
-  split = prepare.load_prepared(tmp_path / "out", tokenizers.ByteTokenizer())["train"]
+  split = prepared.load_prepared(tmp_path / "out", tokenizers.ByteTokenizer())["train"]
   want = in_memory(documents, tokenizers.ByteTokenizer(), fractions=(1, 0, 0))
   assert split.block == 64 and np.array_equal(split[:], want.tokens["train"])
   first = np.arange(0, split.size - 100, 37)
@@ -125,15 +128,15 @@ def test_a_killed_preparation_resumes_without_losing_or_repeating_a_document(rng
   monkeypatch.setattr(prepare, "prepare_unit", dies_on_the_third)
   with pytest.raises(KeyboardInterrupt):
     prepare.prepare(inputs, tmp_path / "out", "bytes")
-  assert not (tmp_path / "out" / prepare.MANIFEST).exists()
+  assert not (tmp_path / "out" / prepared.MANIFEST).exists()
   finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*-0000[01].array_record")}
   assert finished
   monkeypatch.setattr(prepare, "prepare_unit", real)
   prepare.prepare(inputs, tmp_path / "out", "bytes")
   assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*-0000[01].array_record")} == finished
-  splits = prepare.load_prepared(tmp_path / "out", tokenizers.ByteTokenizer())
+  splits = prepared.load_prepared(tmp_path / "out", tokenizers.ByteTokenizer())
   want = in_memory(documents, tokenizers.ByteTokenizer())
-  for split in prepare.SPLITS:
+  for split in prepared.SPLITS:
     assert np.array_equal(splits[split][:], want.tokens[split])
 
 
@@ -142,7 +145,7 @@ def test_splits_depend_on_the_document_and_seed_only(rng, tmp_path):
   split = [prepare.split_of(d.encode(), 7, (0.8, 0.1, 0.1)) for d in documents]
   assert split == [prepare.split_of(d.encode(), 7, (0.8, 0.1, 0.1)) for d in reversed(documents)][::-1]
   assert split != [prepare.split_of(d.encode(), 8, (0.8, 0.1, 0.1)) for d in documents]
-  counts = {s: split.count(s) for s in prepare.SPLITS}
+  counts = {s: split.count(s) for s in prepared.SPLITS}
   assert 140 <= counts["train"] <= 180 and counts["validation"] > 5 and counts["test"] > 5
   # Given per split: every document of a file goes where it is told.
   test_file = write_jsonl(tmp_path / "t.jsonl", documents[:5])
@@ -162,7 +165,7 @@ def test_parquet_and_text_inputs_and_two_workers(rng, tmp_path):
   (tmp_path / "b.txt").write_text("".join(documents[30:]))  # a text file is one document
   inputs = [str(tmp_path / "a.parquet"), f"test={tmp_path / 'b.txt'}"]
   manifest = prepare.prepare(inputs, tmp_path / "out", "gpt2", workers=2, column="body", fractions=(1, 0, 0))
-  splits = prepare.load_prepared(tmp_path / "out", tokenizers.get_tokenizer("gpt2"))
+  splits = prepared.load_prepared(tmp_path / "out", tokenizers.get_tokenizer("gpt2"))
   gpt2 = tokenizers.get_tokenizer("gpt2")
   separator = list(gpt2.separator)
   want = {
@@ -228,7 +231,7 @@ def test_bad_inputs_are_one_line_and_status_2(rng, tmp_path, capsys):
     output = tmp_path / f"out_bad{case}"
     status, lines = prepare_in_process(capsys, *inputs, "--output", output, "--tokenizer", tokenizer, "--workers", 1)
     assert status == 2 and len(lines) == 1 and lines[0].startswith("wavefield-prepare: ") and message in lines[0]
-    assert not (output / prepare.MANIFEST).exists()
+    assert not (output / prepared.MANIFEST).exists()
 
   done = run_prepare(good, "--output", tmp_path / "out", "--tokenizer", "bytes", "--workers", "1")  # the command
   assert done.returncode == 0 and "train:" in done.stdout, done.stderr[-2000:]
@@ -239,16 +242,16 @@ def test_bad_inputs_are_one_line_and_status_2(rng, tmp_path, capsys):
   assert helpers.file_digests(tmp_path / "out") == before
 
   with pytest.raises(DataError, match="prepared with the tokenizer 'bytes', not the config's 'gpt2'"):
-    prepare.load_prepared(tmp_path / "out", tokenizers.get_tokenizer("gpt2"))
+    prepared.load_prepared(tmp_path / "out", tokenizers.get_tokenizer("gpt2"))
   shard = next((tmp_path / "out").glob("train-*.array_record"))
   data = bytearray(shard.read_bytes())
   data[len(data) // 2] ^= 0xFF
   shard.write_bytes(bytes(data))
   with pytest.raises(DataError, match="was changed on disk"):
-    prepare.load_prepared(tmp_path / "out", tokenizers.ByteTokenizer())
+    prepared.load_prepared(tmp_path / "out", tokenizers.ByteTokenizer())
   shard.write_bytes(bytes(data[:-10]))
   with pytest.raises(DataError, match="is truncated or missing"):
-    prepare.load_prepared(tmp_path / "out", tokenizers.ByteTokenizer())
+    prepared.load_prepared(tmp_path / "out", tokenizers.ByteTokenizer())
 
 
 @pytest.mark.slow
@@ -266,7 +269,7 @@ def test_the_ray_engine_writes_what_the_process_pool_writes(rng, tmp_path, capsy
     capsys, *inputs, "--output", tmp_path / "ray", "--tokenizer", "gpt2", "--engine", "ray"
   )
   assert status == 0 and not lines, lines
-  assert json.loads((tmp_path / "ray" / prepare.MANIFEST).read_text()) == in_processes
+  assert json.loads((tmp_path / "ray" / prepared.MANIFEST).read_text()) == in_processes
   shards = sorted(p.name for p in (tmp_path / "processes").glob("*.array_record"))
   assert shards and shards == sorted(p.name for p in (tmp_path / "ray").glob("*.array_record"))
   for name in shards:
@@ -276,7 +279,7 @@ def test_the_ray_engine_writes_what_the_process_pool_writes(rng, tmp_path, capsy
   bad = [inputs[0], tmp_path / "broken.jsonl", "--output", tmp_path / "bad", "--tokenizer", "bytes", "--engine", "ray"]
   status, lines = prepare_in_process(capsys, *bad)
   assert status == 2 and len(lines) == 1 and lines[0].endswith("broken.jsonl:2: not a JSON line (Expecting value)")
-  assert not (tmp_path / "bad" / prepare.MANIFEST).exists()
+  assert not (tmp_path / "bad" / prepared.MANIFEST).exists()
 
 
 def test_bytes_that_are_not_utf8_are_replaced_and_counted(tmp_path):
@@ -284,7 +287,7 @@ def test_bytes_that_are_not_utf8_are_replaced_and_counted(tmp_path):
   manifest = prepare.prepare([f"train={tmp_path / 'a.txt'}"], tmp_path / "out", "gpt2")
   assert manifest["replaced_documents"] == 1
   text = tokenizers.get_tokenizer("gpt2").decode(
-    prepare.load_prepared(tmp_path / "out", tokenizers.get_tokenizer("gpt2"))["train"][:8]
+    prepared.load_prepared(tmp_path / "out", tokenizers.get_tokenizer("gpt2"))["train"][:8]
   )
   assert "\ufffd" in text
 
@@ -292,7 +295,7 @@ def test_bytes_that_are_not_utf8_are_replaced_and_counted(tmp_path):
 def test_two_processes_read_disjoint_halves_of_each_epoch(rng, tmp_path):
   documents = random_documents(rng, 60)
   prepare.prepare([str(write_jsonl(tmp_path / "a.jsonl", documents))], tmp_path / "out", "bytes", fractions=(1, 0, 0))
-  split = prepare.load_prepared(tmp_path / "out", tokenizers.ByteTokenizer())["train"]
+  split = prepared.load_prepared(tmp_path / "out", tokenizers.ByteTokenizer())["train"]
   seq_len, windows = 32, (split.size - 1) // 32
   epoch = {}
   for shard in range(2):
@@ -325,8 +328,8 @@ def test_every_source_is_read_through_a_prepared_cache_made_on_first_use(rng, tm
   data.tfds_dir = str(tmp_path / "tfds")
   corpus = input_pipeline.load_corpus(data)
   want = input_pipeline.tokenize(shakespeare_documents(), tokenizers.ByteTokenizer(), data.seq_len)
-  for split in prepare.SPLITS:
-    assert isinstance(corpus.tokens[split], prepare.PreparedSplit)
+  for split in prepared.SPLITS:
+    assert isinstance(corpus.tokens[split], prepared.PreparedSplit)
     assert np.array_equal(corpus.tokens[split][:], want.tokens[split])
     first = rng.integers(0, want.tokens[split].size - 300, 20)
     got, expected = (

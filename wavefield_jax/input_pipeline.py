@@ -77,7 +77,8 @@ def load_corpus(data: ml_collections.ConfigDict) -> Corpus:
   windows are needed: `data.prepared_dir` for a prepared corpus; for every other source, a cache under
   `data.tfds_dir` that its first use prepares (`prepare.prepare_documents`), keyed by the source's settings
   and files and by the tokenizer."""
-  from wavefield_jax.prepare import MANIFEST, load_prepared, prepare_documents
+  from wavefield_jax.prepare import prepare_documents
+  from wavefield_jax.prepared import MANIFEST, load_prepared
 
   tokenizer = get_tokenizer(data.tokenizer)
   if data.source == "prepared":

@@ -12,7 +12,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from wavefield_jax.errors import DataError
-from wavefield_jax.prepare import SPLITS
+from wavefield_jax.prepared import SPLITS
 
 
 def files_stamp(files: dict[str, list[str]]) -> str:

@@ -15,9 +15,10 @@
 
 Each model (2 layers, D=64, 4 heads; the names say the mixers, bottom first: wave-wave, attention-attention,
 wave-attention, wave-local with a window of 64, and the selective and retention forms alone and under the
-window; a suffix _d<D> sets the width, _h<H> the heads per mixer: retention_d128, selective_h16) is trained
-on fresh random sequences with the loss on the answers only, then scored on unseen sequences: accuracy is
-the fraction of answers whose argmax is right. Scoring runs chunk by chunk through the decode cache
+window; a suffix _tied starts each wave head's speed at its damping (`model.speed_init`), _d<D> sets the
+width, _h<H> the heads per mixer: selective_tied, retention_d128, selective_h16) is trained on fresh
+random sequences with the loss on the answers only, then scored on unseen sequences: accuracy is the
+fraction of answers whose argmax is right. Scoring runs chunk by chunk through the decode cache
 (`prefill`), so a wave-family model reads 2^20 tokens in memory flat in the length; full attention past
 ATTENTION_MAX_LEN is "out of memory" (its L x L scores per head pass 4 GiB). Each row also holds the state the
 model keeps per sequence for decoding (floats, all layers; attention's grows with the length).
@@ -49,7 +50,7 @@ FIRST_LEARNING_RATE = 3e-3
 WINDOW = 64
 DIM = 64
 HEADS = 4
-MODEL_NAME = re.compile(r"(?P<mixers>[a-z_]+?)(?:_d(?P<dim>\d+))?(?:_h(?P<heads>\d+))?")
+MODEL_NAME = re.compile(r"(?P<mixers>[a-z_]+?)(?P<tied>_tied)?(?:_d(?P<dim>\d+))?(?:_h(?P<heads>\d+))?")
 INDUCTION_VOCAB = 16
 ZOOLOGY_VOCAB = 8192
 ZOOLOGY_GAP_POWER = 0.01
@@ -64,17 +65,18 @@ ATTENTION_MAX_LEN = 2**15
 OUT_OF_MEMORY = "out of memory"
 
 
-def model_shape(model: str) -> tuple[tuple[str, str], int, int]:
-  """ "retention_d128_h1" -> (("retention", "retention"), 128, 1): the two mixers, the width, the heads."""
+def model_shape(model: str) -> tuple[tuple[str, str], int, int, str]:
+  """ "retention_d128_h1" -> (("retention", "retention"), 128, 1, "spread"): the two mixers, the width, the
+  heads and the wave heads' starting speeds ("tied" after _tied: selective_tied_d128)."""
   match = MODEL_NAME.fullmatch(model)
   dim = int(match["dim"] or DIM) if match else DIM
   heads = int(match["heads"] or HEADS) if match else HEADS
   if match is None or match["mixers"] not in MIXERS or dim % heads or (dim // heads) % 2:
     raise ValueError(
-      f"unknown model {model!r}; choose from {','.join(MIXERS)}, each with an optional _d<D> and _h<H>"
+      f"unknown model {model!r}; choose from {','.join(MIXERS)}, each with an optional _tied, _d<D> and _h<H>"
       " (H heads of an even width dividing D)"
     )
-  return MIXERS[match["mixers"]], dim, heads
+  return MIXERS[match["mixers"]], dim, heads, "tied" if match["tied"] else "spread"
 
 
 def associative_recall(
@@ -302,8 +304,10 @@ def case_config(case: dict):
   from wavefield_jax.config import base_config
 
   config = base_config()
-  mixers, dim, heads = model_shape(case["model"])
-  config.model.update(dict(dim=dim, num_layers=2, num_heads=heads, mlp_dim=2 * dim, max_len=case["length"]))
+  mixers, dim, heads, speed_init = model_shape(case["model"])
+  config.model.update(
+    dict(dim=dim, num_layers=2, num_heads=heads, mlp_dim=2 * dim, max_len=case["length"], speed_init=speed_init)
+  )
   # The byte model's 256 tokens at least, so the rows of the small-vocabulary tasks compare with the others.
   config.model.vocab_size = max(256, case["vocab"])
   config.model.mixers = mixers
@@ -357,7 +361,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--cases", default="induction_heads:256@15000")
   parser.add_argument(
-    "--models", default=DEFAULT_MODELS, help=f"any of {','.join(MIXERS)}, with an optional _d<D> and _h<H>"
+    "--models", default=DEFAULT_MODELS, help=f"any of {','.join(MIXERS)}, with an optional _tied, _d<D> and _h<H>"
   )
   parser.add_argument("--learning-rates", default=str(FIRST_LEARNING_RATE), help="each model's best of these counts")
   parser.add_argument("--steps", type=int, default=800, help="training steps of a case without its own @<steps>")
@@ -456,7 +460,8 @@ def write(rows: list[dict]) -> None:
     "\n\nAnswer accuracy at the training length, at the best learning rate tried (in brackets). 2 layers, D=64"
     " unless _d<D> says otherwise, loss on answers only; 512 unseen sequences; *_local: the named mixer, then"
     f" sliding-window attention of {WINDOW} positions; selective_retention: selective, then retention;"
-    f" _h<H>: H heads per mixer ({HEADS} otherwise). copy_sequence asks the state to hold L/2 arbitrary tokens:"
+    f" _h<H>: H heads per mixer ({HEADS} otherwise); _tied: each wave head's speed starts equal to its damping"
+    " (spread over (0, pi] otherwise). copy_sequence asks the state to hold L/2 arbitrary tokens:"
     " a bounded state cannot, attention can by looking back (Jelassi et al. 2024), so that row measures"
     " attention, not the wave mixers."
   )

@@ -216,6 +216,20 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_partial(tmp_path
   assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
 
 
+def test_how_the_speeds_started_does_not_stop_a_resume(tmp_path):
+  config = tiny_config()
+  check_workdir(tmp_path, config)
+  record = json.loads((tmp_path / "config.json").read_text())
+  assert record["model"]["speed_init"] == "spread"
+  del record["model"]["speed_init"]  # as a workdir written before the key existed
+  (tmp_path / "config.json").write_text(json.dumps(record))
+  config.model.speed_init = "tied"  # the checkpoint holds the trained speeds, whatever they started at
+  check_workdir(tmp_path, config)
+  config.model.mlp_dim += 2
+  with pytest.raises(CheckpointError, match="model.mlp_dim"):
+    check_workdir(tmp_path, config)
+
+
 def test_a_workdir_that_is_a_file_is_refused(tmp_path, monkeypatch):
   calls = no_training(monkeypatch)
   (tmp_path / "file").write_text("not a directory")

@@ -99,6 +99,24 @@ def test_initial_constants_span_the_scales():
   assert np.all((phase >= 0) & (phase < np.pi)) and np.ptp(phase) > np.pi / 2
 
 
+@pytest.mark.parametrize("module", [wf.WaveFieldMixer, wf.SelectiveWaveMixer, wf.RetentionMixer])
+def test_tied_speeds_start_at_each_heads_damping(rng, module):
+  seed = int(rng.integers(1 << 30))
+  tied, spread = (module(32, 4, max_len=512, speed_init=s, rngs=nnx.Rngs(seed)) for s in ("tied", "spread"))
+  speed, damping, phase = (np.asarray(a) for a in tied.constants())
+  np.testing.assert_allclose(speed, damping, rtol=1e-5)
+  np.testing.assert_allclose(speed.min(), 1 / 512, rtol=1e-5)  # the global head turns a radian in the context
+  spread_speed, spread_damping, spread_phase = (np.asarray(a) for a in spread.constants())
+  np.testing.assert_array_equal(damping, spread_damping)
+  np.testing.assert_array_equal(phase, spread_phase)  # the same draws: only the speeds differ
+  assert np.ptp(spread_speed) > np.pi / 2
+
+
+def test_an_unknown_speed_init_is_named():
+  with pytest.raises(ValueError, match=r"speed_init must be one of \('spread', 'tied'\); got 'random'"):
+    layers.initial_constants(4, 256, jax.random.key(0), "random")
+
+
 def test_short_conv_matches_a_direct_sum(rng):
   x = rng.standard_normal((2, 9, 5)).astype(np.float32)
   kernel = rng.standard_normal((3, 5)).astype(np.float32)

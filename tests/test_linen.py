@@ -77,3 +77,9 @@ def test_linen_mixer_takes_starting_constants():
   np.testing.assert_allclose(jax.nn.softplus(params["speed_raw"]), speed, rtol=1e-5)
   np.testing.assert_allclose(jnp.exp(params["damping_log"]), damping, rtol=1e-5)
   np.testing.assert_allclose(params["phase"], phase)
+
+
+def test_linen_mixer_takes_a_speed_init():
+  module = linen.WaveFieldMixer(dim=16, num_heads=4, max_len=64, kind="selective", speed_init="tied")
+  params = module.init(jax.random.key(0), jnp.ones((1, 4, 16)))["params"]["mixer"]["field"]
+  np.testing.assert_allclose(jax.nn.softplus(params["speed_raw"]), jnp.exp(params["damping_log"]), rtol=1e-5)

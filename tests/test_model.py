@@ -147,6 +147,16 @@ def test_compared_models_have_equal_size(entries):
     assert all(0.95 < total / 125e6 < 1.06 for total in totals), totals
 
 
+def test_speed_init_reaches_every_wave_family_layer():
+  config = model_config(dim=32, num_layers=4, mixers=("wave", "attention", "selective", "retention"), mlp_dim=64)
+  config.speed_init = "tied"
+  model = WaveFieldLM(config, rngs=nnx.Rngs(0))
+  constants = [layer.mixer.constants() for layer in model.blocks if hasattr(layer.mixer, "constants")]
+  assert len(constants) == 3
+  for speed, damping, _ in constants:
+    np.testing.assert_allclose(speed, damping, rtol=1e-5)
+
+
 def test_small_config_names_its_choices():
   choices = r"\['hybrid', 'hybrid_local', 'retention', 'retention_local', 'selective', 'selective_local', "
   choices += r"'selective_retention', 'transformer', 'wave'\]"
@@ -165,6 +175,7 @@ def test_small_config_names_its_choices():
     (dict(dtype="float16"), "model.dtype must be one of"),
     (dict(attention_impl="flash"), "model.attention_impl"),
     (dict(remat="some"), "model.remat must be one of"),
+    (dict(speed_init="random"), "model.speed_init must be one of"),
   ],
 )
 def test_bad_config_names_the_key(overrides, key):

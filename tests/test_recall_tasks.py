@@ -79,13 +79,15 @@ def test_a_case_may_name_its_own_steps():
   assert recall.parse_case("copy:256:16:16", 800) == dict(task="copy", length=256, pairs=16, vocab=16, steps=800)
 
 
-def test_a_model_name_may_set_the_width_and_the_heads():
-  assert recall.model_shape("retention_h1") == (("retention", "retention"), recall.DIM, 1)
-  assert recall.model_shape("selective_retention_h16") == (("selective", "retention"), recall.DIM, 16)
-  assert recall.model_shape("retention_d128") == (("retention", "retention"), 128, recall.HEADS)
-  assert recall.model_shape("wave_d256_h8") == (("wave", "wave"), 256, 8)
-  assert recall.model_shape("hybrid_local") == (("wave", "local"), recall.DIM, recall.HEADS)
-  for name in ("waves", "wave_h3", "wave_h", "h4", "wave_d30", "wave_h4_d128"):
+def test_a_model_name_may_set_the_speeds_the_width_and_the_heads():
+  assert recall.model_shape("retention_h1") == (("retention", "retention"), recall.DIM, 1, "spread")
+  assert recall.model_shape("selective_retention_h16") == (("selective", "retention"), recall.DIM, 16, "spread")
+  assert recall.model_shape("retention_d128") == (("retention", "retention"), 128, recall.HEADS, "spread")
+  assert recall.model_shape("wave_d256_h8") == (("wave", "wave"), 256, 8, "spread")
+  assert recall.model_shape("hybrid_local") == (("wave", "local"), recall.DIM, recall.HEADS, "spread")
+  assert recall.model_shape("selective_tied") == (("selective", "selective"), recall.DIM, recall.HEADS, "tied")
+  assert recall.model_shape("selective_local_tied_d128_h8") == (("selective", "local"), 128, 8, "tied")
+  for name in ("waves", "wave_h3", "wave_h", "h4", "wave_d30", "wave_h4_d128", "wave_d128_tied", "tied"):
     with pytest.raises(ValueError, match="unknown model"):
       recall.model_shape(name)
 

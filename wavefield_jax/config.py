@@ -8,6 +8,7 @@ from pathlib import Path
 
 import ml_collections
 
+from wavefield_jax.layers import SPEED_INITS
 from wavefield_jax.mixers import REGISTRY
 from wavefield_jax.physics import METHODS as WAVE_METHODS
 
@@ -69,6 +70,9 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     mlp_dim: hidden width of the gated MLP.
     conv_width: width of the wave mixer's short causal conv.
     max_len: the training context; it sets the slowest initial damping (1 / max_len).
+    speed_init: the wave-family heads' starting speeds: "spread" over (0, pi] (the default) or "tied" to
+      each head's damping, so the global heads start as near-integrators (layers.initial_constants); what
+      recall across a long context needs.
     wave_method: how wave layers convolve, "auto", "fft" or "matmul" (the same result; see physics.wave_conv).
     wave_chunk_size: positions per chunk of the wave, selective and retention layers; None for each one's default.
     dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
@@ -92,6 +96,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       mlp_dim=384,
       conv_width=4,
       max_len=256,
+      speed_init="spread",
       wave_method="auto",
       wave_chunk_size=ml_collections.FieldReference(None, field_type=int),
       dtype="float32",
@@ -137,6 +142,8 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"model.dim / model.num_heads must be even for rotary attention; got {config.dim // config.num_heads}"
     )
+  if config.speed_init not in SPEED_INITS:
+    raise ValueError(f"model.speed_init must be one of {SPEED_INITS}; got {config.speed_init!r}")
   if config.wave_method not in WAVE_METHODS:
     raise ValueError(f"model.wave_method must be one of {WAVE_METHODS}; got {config.wave_method!r}")
   if config.wave_chunk_size is not None:

@@ -72,18 +72,30 @@ def inverse_softplus(y: jax.Array) -> jax.Array:
   return y + jnp.log(-jnp.expm1(-y))
 
 
-def initial_constants(num_heads: int, max_len: int, rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+SPEED_INITS = ("spread", "tied")
+
+
+def initial_constants(
+  num_heads: int, max_len: int, rng: jax.Array, speed_init: str = "spread"
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Heads spread across scales (docs/design.md, section 1); traceable, so models can be built under jit.
 
   Damping is geometric from 1/max_len (global heads, decay over the whole context) to 1 (local heads);
-  speeds are stratified over (0, pi] and phases over [0, pi), both shuffled so that speed and decay
-  length are not tied together.
+  phases are stratified over [0, pi) and shuffled. The speeds follow `speed_init`:
+    "spread": stratified over (0, pi] and shuffled, so that speed and decay length are not tied together;
+    "tied": equal to the damping, so each head turns one radian in its decay length and the global heads
+      start close to integrators of the whole context. A source far back then reaches the query with the
+      sign it was written with, whatever the distance, which is what recall across the context needs: a
+      selective model learns induction heads at 128 and 256 from this start and not from "spread"
+      (docs/results/recall.md).
 
   Returns:
     speed: [H] float32 physical values.
     damping: [H] float32 physical values.
     phase: [H] float32 physical values.
   """
+  if speed_init not in SPEED_INITS:
+    raise ValueError(f"speed_init must be one of {SPEED_INITS}; got {speed_init!r}")
   if num_heads > 1:
     damping = jnp.geomspace(1.0 / max_len, 1.0, num_heads)
   else:
@@ -94,7 +106,7 @@ def initial_constants(num_heads: int, max_len: int, rng: jax.Array) -> tuple[jax
     strata = (jnp.arange(num_heads) + jax.random.uniform(key, (num_heads,))) / num_heads
     return jax.random.permutation(order_key, strata)
 
-  speed = jnp.pi * jnp.maximum(stratified(speed_rng, speed_order), 1e-3)
+  speed = damping if speed_init == "tied" else jnp.pi * jnp.maximum(stratified(speed_rng, speed_order), 1e-3)
   phase = jnp.pi * stratified(phase_rng, phase_order)
   return speed, damping.astype(jnp.float32), phase
 
@@ -166,10 +178,18 @@ class WaveConstants(nnx.Module):
   """Each head's three trained constants, stored raw (WaveParam, each [H]) so that any optimizer step
   leaves them physical: speed = softplus(speed_raw), damping = exp(damping_log), and the phase."""
 
-  def __init__(self, num_heads: int, max_len: int, values: tuple[jax.Array, ...] | None = None, *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    num_heads: int,
+    max_len: int,
+    values: tuple[jax.Array, ...] | None = None,
+    *,
+    rngs: nnx.Rngs,
+    speed_init: str = "spread",
+  ):
     check_positive_ints(max_len=max_len)
     if values is None:
-      speed, damping, phase = initial_constants(num_heads, max_len, rngs.params())
+      speed, damping, phase = initial_constants(num_heads, max_len, rngs.params(), speed_init)
     else:
       speed, damping, phase = (jnp.asarray(c, jnp.float32) for c in physics.check_constants(*values))
       if speed.shape != (num_heads,):
@@ -196,6 +216,7 @@ def _wave_family_parts(
   dtype: Any = jnp.float32,
   param_dtype: Any = jnp.float32,
   constants: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+  speed_init: str = "spread",
   mesh: jax.sharding.Mesh | None = None,
   mesh_axes: tuple[str, str] = (DATA, SEQ),
 ) -> None:
@@ -203,7 +224,7 @@ def _wave_family_parts(
   in that order (so one seed gives every kind the same weights for them). Arguments: `WaveFieldMixer`'s;
   the parts check the sizes they take."""
   mixer.sources = Sources(dim, num_heads, conv_width=conv_width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-  mixer.field = WaveConstants(num_heads, max_len, constants, rngs=rngs)
+  mixer.field = WaveConstants(num_heads, max_len, constants, rngs=rngs, speed_init=speed_init)
   mixer.output = GatedOutput(dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   physics.check_method(method, chunk_size, max_len)  # a bad method or chunk size fails here, named
   mixer.dim, mixer.num_heads, mixer.dtype, mixer.param_dtype = dim, num_heads, dtype, param_dtype
@@ -241,6 +262,8 @@ class WaveFieldMixer(nnx.Module):
     dtype: the compute dtype of the projections (the wave arithmetic runs in float32).
     param_dtype: the dtype the projection weights are stored in (the constants stay float32).
     constants: optional starting (speed, damping, phase), each [H], instead of the default spread.
+    speed_init: the starting speeds without `constants`: "spread" or "tied" to the damping
+      (`initial_constants`).
     mesh: with a mesh, the parallel forward runs the wave convolution inside shard_map, batch rows and
       positions split over its `mesh_axes` (`sequence_parallel.sharded_wave_conv`).
     mesh_axes: the mesh's (batch, sequence) axis names.

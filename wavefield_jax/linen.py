@@ -37,6 +37,7 @@ class WaveFieldMixer(nn.Module):
     dtype: compute dtype of the projections.
     param_dtype: storage dtype of the projection weights.
     constants: optional starting (speed, damping, phase), each [H].
+    speed_init: the starting speeds without `constants`, "spread" or "tied" (`layers.initial_constants`).
   """
 
   dim: int
@@ -49,13 +50,14 @@ class WaveFieldMixer(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   constants: tuple | None = None
+  speed_init: str = "spread"
 
   def _build(self, key: jax.Array) -> nnx.Module:
     wave_kinds = tuple(name for name, entry in mixers.REGISTRY.items() if entry.wave_family)
     if self.kind not in wave_kinds:
       raise ValueError(f"kind must be one of {wave_kinds}; got {self.kind!r}")
     options = dict(conv_width=self.conv_width, method=self.method, chunk_size=self.chunk_size, dtype=self.dtype)
-    options |= dict(param_dtype=self.param_dtype, constants=self.constants)
+    options |= dict(param_dtype=self.param_dtype, constants=self.constants, speed_init=self.speed_init)
     return mixers.REGISTRY[self.kind].module(
       self.dim, self.num_heads, max_len=self.max_len, rngs=nnx.Rngs(key), **options
     )

@@ -70,6 +70,7 @@ def _wave_builder(module: type[nnx.Module]) -> Builder:
       conv_width=config.conv_width,
       method=config.wave_method,
       chunk_size=config.wave_chunk_size,
+      speed_init=config.speed_init,
       dtype=dtype,
       mesh=mesh,
       rngs=rngs,

@@ -47,7 +47,9 @@ def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
   if record_path.exists():
     saved = traverse_util.flatten_dict(json.loads(record_path.read_text()), sep=".")
     wanted = traverse_util.flatten_dict(record, sep=".")
-    saved.pop("seed", None)  # kept for analysis (the initial model); a checkpoint does not depend on it
+    for start in ("seed", "model.speed_init"):  # kept for analysis (the initial model); a checkpoint does not
+      saved.pop(start, None)  # depend on them, and records written before speed_init existed lack it
+      wanted.pop(start, None)
     diff = [
       f"{k}: checkpoint {saved.get(k)!r} vs config {wanted.get(k)!r}"
       for k in sorted(saved | wanted)

@@ -13,6 +13,9 @@
                       (0) over the first L - N positions, then a marker (V-1), then the N tokens again in order.
   ...@N               trains that case for N steps instead of --steps (e.g. induction_heads:256@15000).
 
+--warmup 64:2000,128:2000 trains each case first at those shorter lengths for those steps (as many tokens a
+step), then at its own length: a length curriculum, named in the table's budget column.
+
 Each model (2 layers, D=64, 4 heads; the names say the mixers, bottom first: wave-wave, attention-attention,
 wave-attention, wave-local with a window of 64, and the selective and retention forms alone and under the
 window; a suffix _tied starts each wave head's speed at its damping (`model.speed_init`), _d<D> sets the
@@ -42,7 +45,7 @@ from wavefield_jax import plots
 from wavefield_jax.config import TWO_LAYER_MIXERS
 
 MODULE = "benchmarks.recall"
-CASE_KEYS = ("task", "length", "pairs", "vocab", "model", "steps", "tokens_per_step", "learning_rate")
+CASE_KEYS = ("task", "length", "pairs", "vocab", "model", "steps", "tokens_per_step", "learning_rate", "warmup")
 MIXERS = TWO_LAYER_MIXERS
 DEFAULT_MODELS = "transformer,wave,hybrid,hybrid_local"
 # Rows measured before the sweep existed all trained at this rate.
@@ -216,6 +219,18 @@ def parse_case(spec: str, steps: int) -> dict:
   }
 
 
+def parse_warmup(text: str, length: int) -> list[list[int]]:
+  """ "64:2000,128:2000" -> [[64, 2000], [128, 2000]]: lengths shorter than the case's `length`, rising."""
+  stages = [part.split(":") for part in text.split(",") if part]
+  if not all(len(stage) == 2 and all(n.isdigit() for n in stage) for stage in stages):
+    raise ValueError(f"--warmup is <length>:<steps>,...; got {text!r}")
+  stages = [[int(n), int(steps)] for n, steps in stages]
+  lengths = [n for n, _ in stages]
+  if lengths != sorted(set(lengths)) or any(n < 4 or n >= length for n in lengths):
+    raise ValueError(f"--warmup lengths must rise, each from 4 to below the case's length {length}; got {text!r}")
+  return stages
+
+
 def has_full_attention(model: str) -> bool:
   return "attention" in model_shape(model)[0]
 
@@ -327,15 +342,17 @@ def measure(case: dict) -> dict:
   graphdef, state, optimizer = init_state(config, seed=0)
   step = make_train_step(graphdef, optimizer, skip_nonfinite=False)
   task = TASKS[case["task"]]
-  batch_size = max(1, case["tokens_per_step"] // case["length"])
+  # A warm-up trains at shorter lengths first, each step as many tokens; the curve runs through them all.
+  stages = [*case.get("warmup", []), [case["length"], case["steps"]]]
+  lengths = np.concatenate([np.full(steps, length) for length, steps in stages])
   rng = np.random.default_rng(1)
   losses, loss_curve = [], []
   started = time.perf_counter()
-  for index in range(case["steps"]):
-    tokens, weights = task(rng, batch_size, case["length"], case["pairs"], case["vocab"])
+  for index, length in enumerate(lengths.tolist()):
+    tokens, weights = task(rng, max(1, case["tokens_per_step"] // length), length, case["pairs"], case["vocab"])
     state, metrics = step(state, jnp.asarray(tokens), jnp.asarray(weights))
     losses.append(metrics["loss"])
-    if (index + 1) % max(1, case["steps"] // 20) == 0:  # 20 points of the curve, each a mean
+    if (index + 1) % max(1, len(lengths) // 20) == 0:  # 20 points of the curve, each a mean
       loss_curve.append([index + 1, float(np.mean(jnp.stack(losses)))])
       losses = []
   train_seconds = time.perf_counter() - started
@@ -367,6 +384,11 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=800, help="training steps of a case without its own @<steps>")
   parser.add_argument("--tokens-per-step", type=int, default=2048, help="Mamba's induction heads: 8 x 256")
   parser.add_argument(
+    "--warmup",
+    default="",
+    help="a length curriculum: <length>:<steps>,... trained first, at the same tokens per step (e.g. 64:2000,128:2000)",
+  )
+  parser.add_argument(
     "--eval-lengths", default="", help="lengths to score besides the training length, e.g. 4096,65536,1048576"
   )
   args = parser.parse_args()
@@ -375,6 +397,7 @@ def main() -> None:
     for model in args.models.split(","):
       model_shape(model)
     eval_lengths = [int(n) for n in args.eval_lengths.split(",") if n]
+    warmup = parse_warmup(args.warmup, min(spec["length"] for spec in specs))
   except ValueError as error:
     parser.error(str(error))
   rates = [float(r) for r in args.learning_rates.split(",")]
@@ -386,6 +409,7 @@ def main() -> None:
   cases = [
     spec
     | {"model": model, "tokens_per_step": args.tokens_per_step, "learning_rate": rate, "eval_lengths": eval_lengths}
+    | {"warmup": warmup}
     for spec in specs
     for model in args.models.split(",")
     for rate in rates
@@ -403,10 +427,21 @@ def main() -> None:
 
 
 def key(case: dict) -> str:
-  return json.dumps({k: case[k] for k in CASE_KEYS})
+  return json.dumps({k: case.get(k, []) for k in CASE_KEYS})  # rows from before warm-ups had none
 
 
-SPEC_KEYS = ("task", "length", "pairs", "vocab", "steps", "tokens_per_step")
+SPEC_KEYS = ("task", "length", "pairs", "vocab", "steps", "tokens_per_step", "warmup")
+
+
+def spec_of(row: dict) -> tuple:
+  return tuple(tuple(map(tuple, row.get(k, []))) if k == "warmup" else row[k] for k in SPEC_KEYS)
+
+
+def budget(spec: tuple) -> str:
+  """ "2,000 at 64, then 4,000 x 2,048": the warm-up steps at each shorter length, then steps x tokens."""
+  spec = dict(zip(SPEC_KEYS, spec, strict=True))
+  warmup = "".join(f"{steps:,} at {length}, then " for length, steps in spec["warmup"])
+  return f"{warmup}{spec['steps']:,} x {spec['tokens_per_step']:,}"
 
 
 def case_name(spec: dict) -> str:
@@ -424,7 +459,7 @@ def best_rows(rows: list[dict]) -> dict[tuple, dict]:
   for row in rows:
     if "accuracy" not in row:
       continue
-    slot = (tuple(row[k] for k in SPEC_KEYS), row["model"])
+    slot = (spec_of(row), row["model"])
     if slot not in best or row["accuracy"] > best[slot]["accuracy"]:
       best[slot] = row
   return best
@@ -451,16 +486,14 @@ def write(rows: list[dict]) -> None:
     row = best.get((spec, model))
     return f"{percent(row['accuracy'])} ({row['learning_rate']:g})" if row else "-"
 
-  table_rows = [
-    [name, f"{spec[-2]:,} x {spec[-1]:,}", *(cell(spec, m) for m in models)]
-    for name, spec in zip(names, specs, strict=True)
-  ]
+  table_rows = [[name, budget(spec), *(cell(spec, m) for m in models)] for name, spec in zip(names, specs, strict=True)]
   table = common.markdown_table(table_rows, ["case", "steps x tokens", *models])
   table += (
     "\n\nAnswer accuracy at the training length, at the best learning rate tried (in brackets). 2 layers, D=64"
     " unless _d<D> says otherwise, loss on answers only; 512 unseen sequences; *_local: the named mixer, then"
     f" sliding-window attention of {WINDOW} positions; selective_retention: selective, then retention;"
-    f" _h<H>: H heads per mixer ({HEADS} otherwise); _tied: each wave head's speed starts equal to its damping"
+    f' _h<H>: H heads per mixer ({HEADS} otherwise); a budget "N at l, then" trained N steps at the shorter'
+    " length l first, as many tokens a step; _tied: each wave head's speed starts equal to its damping"
     " (spread over (0, pi] otherwise). copy_sequence asks the state to hold L/2 arbitrary tokens:"
     " a bounded state cannot, attention can by looking back (Jelassi et al. 2024), so that row measures"
     " attention, not the wave mixers."
@@ -470,7 +503,7 @@ def write(rows: list[dict]) -> None:
     lengths = sorted({int(n) for _, _, row in long_rows for n in row["accuracy_at"]})
     table += "\n\n" + common.markdown_table(
       [
-        [case_name(dict(zip(SPEC_KEYS, spec, strict=True))), f"{spec[-2]:,} x {spec[-1]:,}", model]
+        [case_name(dict(zip(SPEC_KEYS, spec, strict=True))), budget(spec), model]
         + [f"{row['state_floats']:,}"]
         + [percent(row["accuracy_at"].get(str(n), "-")) for n in lengths]
         for spec, model, row in sorted(long_rows, key=lambda r: (r[0], model_order(r[1])))
@@ -487,8 +520,7 @@ def write(rows: list[dict]) -> None:
   common.write_results("recall", {"machine": common.machine(), "rows": rows}, table)
   # A case trained at several budgets is named with its steps x tokens in the plot.
   labels = [
-    f"{name}\n{spec[-2]:,} x {spec[-1]:,}" if names.count(name) > 1 else name
-    for name, spec in zip(names, specs, strict=True)
+    f"{name}\n{budget(spec)}" if names.count(name) > 1 else name for name, spec in zip(names, specs, strict=True)
   ]
   fig, (bars, front) = plt.subplots(1, 2, figsize=(min(24, max(10, 1.2 * len(specs) * max(1, len(models) / 4))), 4.6))
   width = 0.8 / len(models)

@@ -92,6 +92,34 @@ def test_a_model_name_may_set_the_speeds_the_width_and_the_heads():
       recall.model_shape(name)
 
 
+@pytest.mark.parametrize("text", ["64", "64:x", "128:10,64:10", "64:10,64:10", "256:10", "2:10"])
+def test_a_bad_warmup_is_refused(text):
+  with pytest.raises(ValueError, match="--warmup"):
+    recall.parse_warmup(text, 256)
+
+
+@pytest.mark.slow
+def test_a_warmup_trains_each_shorter_length_first_then_the_case(monkeypatch):
+  drawn = []
+  induction_heads = recall.TASKS["induction_heads"]
+
+  def recorded(rng, batch, length, pairs, vocab):
+    drawn.append((batch, length))
+    return induction_heads(rng, batch, length, pairs, vocab)
+
+  monkeypatch.setitem(recall.TASKS, "induction_heads", recorded)
+  warmup = recall.parse_warmup("8:3,16:2", 32)
+  case = recall.parse_case("induction_heads:32@4", 0) | dict(
+    model="wave", tokens_per_step=64, learning_rate=1e-3, warmup=warmup
+  )
+  row = recall.measure(case)
+  assert drawn[:9] == [(8, 8)] * 3 + [(4, 16)] * 2 + [(2, 32)] * 4  # then the scoring's unseen sequences
+  assert [step for step, _ in row["loss_curve"]] == list(range(1, 10))
+  spec = recall.spec_of(case)
+  assert recall.budget(spec) == "3 at 8, then 2 at 16, then 4 x 64"
+  assert recall.budget(recall.spec_of(case | {"warmup": []})) == "4 x 64"
+
+
 def test_every_induction_heads_answer_is_the_token_after_the_first_special():
   rng = np.random.default_rng(np.random.SeedSequence().entropy)
   length, vocab = 256, 16

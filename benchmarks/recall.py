@@ -454,13 +454,19 @@ def case_name(spec: dict) -> str:
 
 
 def best_rows(rows: list[dict]) -> dict[tuple, dict]:
-  """(case, model) -> the row of the learning rate that scored best at the training length."""
+  """(case, model) -> the row of the learning rate that scored best at the training length; a tie goes to
+  the one that scored better at the next longer length, and so on."""
+
+  def score(row: dict) -> list[float]:
+    longer = sorted((int(n), a) for n, a in row.get("accuracy_at", {}).items() if int(n) > row["length"])
+    return [row["accuracy"], *(a if isinstance(a, float) else 0.0 for _, a in longer)]
+
   best = {}
   for row in rows:
     if "accuracy" not in row:
       continue
     slot = (spec_of(row), row["model"])
-    if slot not in best or row["accuracy"] > best[slot]["accuracy"]:
+    if slot not in best or score(row) > score(best[slot]):
       best[slot] = row
   return best
 
@@ -522,7 +528,9 @@ def write(rows: list[dict]) -> None:
   labels = [
     f"{name}\n{budget(spec)}" if names.count(name) > 1 else name for name, spec in zip(names, specs, strict=True)
   ]
-  fig, (bars, front) = plt.subplots(1, 2, figsize=(min(24, max(10, 1.2 * len(specs) * max(1, len(models) / 4))), 4.6))
+  fig, (bars, front, reach) = plt.subplots(
+    1, 3, figsize=(min(30, max(14, 1.2 * len(specs) * max(1, len(models) / 4) + 6)), 4.6)
+  )
   width = 0.8 / len(models)
   for i, model in enumerate(models):
     values = [100 * best[(spec, model)]["accuracy"] if (spec, model) in best else 0.0 for spec in specs]
@@ -541,6 +549,19 @@ def write(rows: list[dict]) -> None:
   front.set_xlabel("state per sequence (floats, all layers; colours as left)")
   front.set_ylabel("answer accuracy (%)")
   front.set_ylim(0, 100)
+  # Length generalisation: every model that learned its case (99% at the training length), at each length.
+  learned = [(spec, model, row) for spec, model, row in long_rows if row["accuracy"] >= 0.99]
+  for i, (spec, model, row) in enumerate(sorted(learned, key=lambda r: (r[0][1], model_order(r[1])))):
+    points = sorted((int(n), 100 * a) for n, a in row["accuracy_at"].items() if isinstance(a, float))
+    style = dict(color=f"C{models.index(model) % 10}", linestyle=("-", "--", ":", "-.")[i % 4], marker="o", ms=3)
+    reach.plot(*zip(*points, strict=True), label=f"{model}, L={spec[1]}: {budget(spec)}", **style)
+  reach.set_xscale("log", base=2)
+  reach.set_xlabel("scored at length (tokens)")
+  reach.set_ylabel("answer accuracy (%)")
+  reach.set_ylim(0, 100)
+  reach.set_title("learned cases, scored past their training length", fontsize=8)
+  if learned:
+    reach.legend(fontsize=5)
   plots.save(fig, common.RESULTS / "recall.png", dpi=120)
 
 

@@ -120,6 +120,17 @@ def test_a_warmup_trains_each_shorter_length_first_then_the_case(monkeypatch):
   assert recall.budget(recall.spec_of(case | {"warmup": []})) == "4 x 64"
 
 
+def test_the_best_rate_is_the_best_at_the_training_length_then_beyond():
+  case = recall.parse_case("induction_heads:256@10", 0) | dict(model="selective", tokens_per_step=2048)
+  rows = [
+    case | dict(learning_rate=rate, accuracy=at_256, accuracy_at={"256": at_256, "4096": at_4096, "65536": 0.1})
+    for rate, at_256, at_4096 in [(1e-3, 1.0, 0.5), (3e-3, 1.0, 0.7), (1e-2, 0.9, 0.9)]
+  ]
+  for order in (rows, rows[::-1]):
+    (best,) = recall.best_rows(order).values()
+    assert best["learning_rate"] == 3e-3
+
+
 def test_every_induction_heads_answer_is_the_token_after_the_first_special():
   rng = np.random.default_rng(np.random.SeedSequence().entropy)
   length, vocab = 256, 16

@@ -63,12 +63,12 @@ def matmul_pieces(u: jax.Array, c: jax.Array, g: jax.Array, p: jax.Array, chunk_
 def main() -> None:
   from flax import nnx
 
-  from wavefield_jax import layers, physics
+  from wavefield_jax import head_constants, layers, physics
 
   rng = np.random.default_rng(0)
   length, dim, heads = 32768, 512, 8
   u = jnp.asarray(rng.standard_normal((1, length, heads, dim // heads)), jnp.float32)
-  c, g, p = layers.initial_constants(heads, length, jax.random.key(0))
+  c, g, p = head_constants.initial_constants(heads, length, jax.random.key(0))
   n = physics.fft_length(length)
   u_heads_last = jnp.transpose(u, (0, 2, 3, 1))  # [B, H, K, L]
   padding = ((0, 0), (0, 0), (0, 0), (0, n - length))
@@ -110,7 +110,7 @@ def main() -> None:
   rows.append(["L=8,192", "its projections alone", f"{median_ms(jax.jit(projections), x):,.1f}"])
   # The convolution at the default model's shape (D=128: 4 heads of 32), a train step's 8192 tokens.
   u_small = jnp.asarray(rng.standard_normal((1, 8192, 4, 32)), jnp.float32)
-  c4, g4, p4 = layers.initial_constants(4, 8192, jax.random.key(0))
+  c4, g4, p4 = head_constants.initial_constants(4, 8192, jax.random.key(0))
   for method in ("fft", "matmul"):
     loss = lambda u, c, g, p, m=method: jnp.sum(physics.wave_conv(u, c, g, p, method=m))  # noqa: E731
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))

@@ -49,7 +49,7 @@ def measure(case: dict) -> dict:
   from flax import nnx
 
   import wavefield_jax as wf
-  from wavefield_jax import attention, layers, physics
+  from wavefield_jax import attention, head_constants, layers, physics
 
   length, kind, pass_ = case["length"], case["kind"], case["pass"]
   rng = np.random.default_rng(0)
@@ -57,7 +57,7 @@ def measure(case: dict) -> dict:
   if kind in CONVOLUTIONS + ("fft_floor", "memory_floor"):
     x = jnp.asarray(rng.standard_normal((1, length, HEADS, DIM // HEADS)), jnp.float32)
     if kind in CONVOLUTIONS:
-      constants = tuple(jnp.asarray(a) for a in layers.initial_constants(HEADS, length, jax.random.key(0)))
+      constants = tuple(jnp.asarray(a) for a in head_constants.initial_constants(HEADS, length, jax.random.key(0)))
       chunk = case.get("chunk_size")
       fn = lambda x, *c: wf.wave_conv(x, *c, method=kind, chunk_size=chunk)  # noqa: E731
     elif kind == "fft_floor":

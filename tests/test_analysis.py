@@ -13,7 +13,8 @@ from reference import relative_error
 
 from wavefield_jax import analysis, input_pipeline, physics, plots, tables, tokenizers
 from wavefield_jax.config import model_config
-from wavefield_jax.layers import WaveFieldMixer, inverse_softplus
+from wavefield_jax.head_constants import inverse_softplus
+from wavefield_jax.layers import WaveFieldMixer
 from wavefield_jax.model import WaveFieldLM
 from wavefield_jax.train_lib import train_and_evaluate
 

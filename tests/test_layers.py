@@ -11,7 +11,7 @@ from flax import nnx
 from reference import future_leak, relative_error
 
 import wavefield_jax as wf
-from wavefield_jax import attention, layers
+from wavefield_jax import attention, head_constants, layers
 from wavefield_jax.train_lib import param_labels
 
 
@@ -114,7 +114,7 @@ def test_tied_speeds_start_at_each_heads_damping(rng, module):
 
 def test_an_unknown_speed_init_is_named():
   with pytest.raises(ValueError, match=r"speed_init must be one of \('spread', 'tied'\); got 'random'"):
-    layers.initial_constants(4, 256, jax.random.key(0), "random")
+    head_constants.initial_constants(4, 256, jax.random.key(0), "random")
 
 
 def test_short_conv_matches_a_direct_sum(rng):

@@ -25,7 +25,8 @@ import scipy.special
 from flax import nnx
 
 from wavefield_jax import mixers, physics, plots
-from wavefield_jax.layers import RetentionMixer, SelectiveWaveMixer, WaveParam, physical_constants
+from wavefield_jax.head_constants import physical_constants
+from wavefield_jax.layers import RetentionMixer, SelectiveWaveMixer, WaveParam
 from wavefield_jax.model import WaveFieldLM
 
 CONSTANTS = ("speed", "damping", "phase")

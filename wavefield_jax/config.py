@@ -8,7 +8,7 @@ from pathlib import Path
 
 import ml_collections
 
-from wavefield_jax.layers import SPEED_INITS
+from wavefield_jax.head_constants import SPEED_INITS
 from wavefield_jax.mixers import REGISTRY
 from wavefield_jax.physics import METHODS as WAVE_METHODS
 
@@ -71,7 +71,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     conv_width: width of the wave mixer's short causal conv.
     max_len: the training context; it sets the slowest initial damping (1 / max_len).
     speed_init: the wave-family heads' starting speeds: "spread" over (0, pi] (the default) or "tied" to
-      each head's damping, so the global heads start as near-integrators (layers.initial_constants); what
+      each head's damping, so the global heads start as near-integrators (head_constants.initial_constants); what
       recall across a long context needs.
     wave_method: how wave layers convolve, "auto", "fft" or "matmul" (the same result; see physics.wave_conv).
     wave_chunk_size: positions per chunk of the wave, selective and retention layers; None for each one's default.

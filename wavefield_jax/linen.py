@@ -37,7 +37,7 @@ class WaveFieldMixer(nn.Module):
     dtype: compute dtype of the projections.
     param_dtype: storage dtype of the projection weights.
     constants: optional starting (speed, damping, phase), each [H].
-    speed_init: the starting speeds without `constants`, "spread" or "tied" (`layers.initial_constants`).
+    speed_init: the starting speeds without `constants`, "spread" or "tied" (`head_constants.initial_constants`).
   """
 
   dim: int

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import collections
 import json
 import os
 import platform
@@ -10,6 +12,8 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,22 +60,50 @@ def time_call(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict:
   return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times}
 
 
+STDERR_TAIL_CHUNKS = 64  # of up to 4 KiB each: where a failed case's exception is looked for
+
+
 def run_case(module: str, case: dict, timeout: float = 900) -> dict:
   """Runs `python -m module --case JSON` in a fresh process and returns the JSON it prints last.
 
-  A case that fails (out of memory, timeout) comes back as {"error": ...} instead of raising.
+  The child's stderr (its progress bars and warnings) reaches this process's stderr as it is written, so a
+  case that trains for an hour shows how far it is. A case that fails (out of memory, timeout) comes back as
+  {"error": ...}, naming the exception its stderr ended with, instead of raising.
   """
   command = [sys.executable, "-m", module, "--case", json.dumps(case)]
-  try:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parent.parent)
-  except subprocess.TimeoutExpired:
-    return case | {"error": f"timeout after {timeout:.0f} s"}
-  if done.returncode != 0:
-    lines = (done.stderr or done.stdout).strip().splitlines()
+  with tempfile.TemporaryFile() as stdout:
+    child = subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+    tail = collections.deque(maxlen=STDERR_TAIL_CHUNKS)
+    relay = threading.Thread(target=_relay, args=(child.stderr, tail), daemon=True)
+    relay.start()
+    try:
+      child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      child.kill()
+      child.wait()
+      return case | {"error": f"timeout after {timeout:.0f} s"}
+    finally:
+      relay.join()
+    stdout.seek(0)
+    printed = stdout.read().decode(errors="replace")
+  if child.returncode != 0:
+    lines = ("".join(tail) or printed).strip().splitlines()
     raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]  # the exception, not a note
     reason = (raised or lines or [""])[-1]
-    return case | {"error": f"exit {done.returncode}: {reason[:300]}"}
-  return json.loads(done.stdout.strip().splitlines()[-1])
+    return case | {"error": f"exit {child.returncode}: {reason[:300]}"}
+  return json.loads(printed.strip().splitlines()[-1])
+
+
+def _relay(stream, tail: collections.deque) -> None:
+  """Copies a child's stderr to ours chunk by chunk (a progress bar redraws without a newline), keeping the
+  last chunks in `tail`."""
+  decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+  while chunk := stream.read1(4096):
+    text = decoder.decode(chunk)
+    sys.stderr.write(text)
+    sys.stderr.flush()
+    tail.append(text)
+  stream.close()
 
 
 def case_main(measure: Callable[[dict], dict]) -> bool:

@@ -39,6 +39,7 @@ import re
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from benchmarks import common
 from wavefield_jax import plots
@@ -269,14 +270,18 @@ def accuracy_at(model, case: dict, length: int, seed: int) -> float:
   rows = max(1, min(sequences, 2**15 // chunk))
   rng = np.random.default_rng(seed)
   hits = total = 0.0
-  for _ in range(-(-sequences // rows)):
+  batches, chunks = -(-sequences // rows), -(-length // chunk)
+  progress = tqdm(total=batches * chunks, desc=f"score at {length:,}", unit="chunk", mininterval=5)
+  for _ in range(batches):
     tokens, weights = task(rng, rows, length, case["pairs"], case["vocab"])
     cache = model.init_cache(rows, length)
     for start in range(0, length, chunk):
       window = slice(start, start + chunk)
       found, cache = chunk_hits(params, cache, tokens[:, :-1][:, window], tokens[:, 1:][:, window], weights[:, window])
       hits += float(found)
+      progress.update()
     total += float(weights.sum())
+  progress.close()
   return hits / total
 
 
@@ -348,13 +353,16 @@ def measure(case: dict) -> dict:
   rng = np.random.default_rng(1)
   losses, loss_curve = [], []
   started = time.perf_counter()
-  for index, length in enumerate(lengths.tolist()):
+  progress = tqdm(lengths.tolist(), desc=f"train {case['model']} on {case['task']}", unit="step", mininterval=5)
+  for index, length in enumerate(progress):
     tokens, weights = task(rng, max(1, case["tokens_per_step"] // length), length, case["pairs"], case["vocab"])
     state, metrics = step(state, jnp.asarray(tokens), jnp.asarray(weights))
     losses.append(metrics["loss"])
     if (index + 1) % max(1, len(lengths) // 20) == 0:  # 20 points of the curve, each a mean
       loss_curve.append([index + 1, float(np.mean(jnp.stack(losses)))])
+      progress.set_postfix(length=length, loss=f"{loss_curve[-1][1]:.3g}", refresh=False)
       losses = []
+  progress.close()
   train_seconds = time.perf_counter() - started
   model = nnx.merge(graphdef, state["params"])
   accuracy = {}

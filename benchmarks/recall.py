@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import re
 import time
@@ -536,23 +537,33 @@ def write(rows: list[dict]) -> None:
   labels = [
     f"{name}\n{budget(spec)}" if names.count(name) > 1 else name for name, spec in zip(names, specs, strict=True)
   ]
-  fig, (bars, front, reach) = plt.subplots(
-    1, 3, figsize=(min(30, max(14, 1.2 * len(specs) * max(1, len(models) / 4) + 6)), 4.6)
-  )
+  # The bars take the whole first row: one group per case, one bar per model.
+  fig = plt.figure(figsize=(min(24, max(14, 0.8 * len(specs) * max(1, len(models) / 4))), 10))
+  bars = fig.add_subplot(2, 1, 1)
+  front, reach = fig.add_subplot(2, 2, 3), fig.add_subplot(2, 2, 4)
   width = 0.8 / len(models)
+  palette = plt.get_cmap("tab20")  # a colour per model, the same in every panel
+
+  def colour(model: str):
+    return palette(models.index(model) % 20)
+
   for i, model in enumerate(models):
     values = [100 * best[(spec, model)]["accuracy"] if (spec, model) in best else 0.0 for spec in specs]
-    bars.bar(np.arange(len(specs)) + i * width, values, width, color=f"C{i % 10}", label=model)
-  bars.set_xticks(np.arange(len(specs)) + width * (len(models) - 1) / 2, labels, fontsize=6, rotation=20)
+    bars.bar(np.arange(len(specs)) + i * width, values, width, color=colour(model), label=model)
+  bars.set_xticks(np.arange(len(specs)) + width * (len(models) - 1) / 2, labels, fontsize=7, rotation=25, ha="right")
   bars.set_ylabel("answer accuracy at the training length (%)")
   bars.set_ylim(0, 100)
-  bars.legend(fontsize=6, ncol=2)
-  # Based's picture: accuracy against the state kept per sequence, one marker per task.
-  for marker, spec in zip("osD^v<>px*", specs, strict=False):
-    for i, model in enumerate(models):
+  bars.legend(fontsize=7, ncol=max(1, len(models) // 8), loc="upper left", bbox_to_anchor=(1.0, 1.0))
+  # Based's picture for the literature's tasks: accuracy against the state kept per sequence, a marker per case.
+  literature = [(spec, label) for spec, label in zip(specs, labels, strict=True) if spec[0] in DEFAULT_VOCAB]
+  for marker, (spec, label) in zip(itertools.cycle("osD^v<>px*"), literature):
+    front.scatter([], [], color="grey", marker=marker, label=label.replace("\n", ", "))
+    for model in models:
       row = best.get((spec, model))
       if row and "state_floats" in row:
-        front.scatter(row["state_floats"], 100 * row["accuracy"], color=f"C{i % 10}", marker=marker, s=24)
+        front.scatter(row["state_floats"], 100 * row["accuracy"], color=colour(model), marker=marker, s=28)
+  if literature:
+    front.legend(fontsize=5, loc="center right")
   front.set_xscale("log")
   front.set_xlabel("state per sequence (floats, all layers; colours as left)")
   front.set_ylabel("answer accuracy (%)")
@@ -561,7 +572,7 @@ def write(rows: list[dict]) -> None:
   learned = [(spec, model, row) for spec, model, row in long_rows if row["accuracy"] >= 0.99]
   for i, (spec, model, row) in enumerate(sorted(learned, key=lambda r: (r[0][1], model_order(r[1])))):
     points = sorted((int(n), 100 * a) for n, a in row["accuracy_at"].items() if isinstance(a, float))
-    style = dict(color=f"C{models.index(model) % 10}", linestyle=("-", "--", ":", "-.")[i % 4], marker="o", ms=3)
+    style = dict(color=colour(model), linestyle=("-", "--", ":", "-.")[i % 4], marker="o", ms=3)
     reach.plot(*zip(*points, strict=True), label=f"{model}, L={spec[1]}: {budget(spec)}", **style)
   reach.set_xscale("log", base=2)
   reach.set_xlabel("scored at length (tokens)")
